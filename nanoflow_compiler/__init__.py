@@ -1,0 +1,3 @@
+"""nanoflow: NanoFlow's intra-device parallelism as a torch.compile backend and a serving runtime."""
+
+__version__ = "0.1.0"

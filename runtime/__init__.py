@@ -1,0 +1,3 @@
+"""Running a schedule: executors, kernels, the paged KV cache and the serving engine."""
+
+from . import attention  # registers the nanoflow:: custom ops

@@ -1,0 +1,1 @@
+"""Triton kernels that stay efficient on a partition of the GPU."""
