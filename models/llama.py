@@ -3,7 +3,8 @@
 `forward(input_ids[T], positions[T], meta)` takes every token of the iteration, prefill and decode alike, as one
 flat batch: the token dimension is dim 0 of every activation, so that each linear, norm and activation splits into
 nano-batches by narrowing dim 0. Attention goes through `nanoflow::kv_append` and `nanoflow::paged_attention`.
-Configs are Hugging Face `PretrainedConfig`s, read as they are.
+Configs are Hugging Face `PretrainedConfig`s, read as they are. Under tensor parallelism (`runtime.distributed`)
+heads and the MLP width are split across ranks (`models.parallel`); with one rank the layers are plain linears.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.attention import AttnMetadata
+from ..runtime.distributed import TPGroup, get_tp
+from .parallel import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding, split
 
 
 def _rope_parameters(config) -> dict:
@@ -56,16 +59,33 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+def _kv_head_share(num_kv_heads: int, tp: TPGroup) -> tuple[int, int]:
+    """(first, count) of this rank's KV heads; with fewer KV heads than ranks each rank keeps a copy of one."""
+    if num_kv_heads % tp.size == 0:
+        return split(num_kv_heads, tp, "num_key_value_heads")
+    if tp.size % num_kv_heads == 0:
+        return tp.rank // (tp.size // num_kv_heads), 1
+    raise ValueError(f"num_key_value_heads ({num_kv_heads}) and the tensor-parallel size ({tp.size}) must divide "
+                     "one another")
+
+
 class Attention(nn.Module):
-    def __init__(self, config, head_dim: int):
+    """Self-attention over this rank's heads (all of them with one rank): the attention itself needs no traffic."""
+
+    def __init__(self, config, head_dim: int, tp: TPGroup):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        q_start, self.num_heads = split(config.num_attention_heads, tp, "num_attention_heads")
+        kv_start, self.num_kv_heads = _kv_head_share(config.num_key_value_heads, tp)
         self.head_dim = head_dim
         self.scale = head_dim**-0.5
         bias = config.model_type == "qwen2" or getattr(config, "attention_bias", False)
-        self.qkv_proj = nn.Linear(config.hidden_size, (self.num_heads + 2 * self.num_kv_heads) * head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * head_dim, config.hidden_size, bias=getattr(config, "attention_bias", False))
+        q_full, kv_full = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+        q = (q_full, q_start * head_dim, self.num_heads * head_dim)
+        kv = (kv_full, kv_start * head_dim, self.num_kv_heads * head_dim)
+        self.qkv_proj = ColumnParallelLinear(config.hidden_size, [q, kv, kv], bias=bias)
+        self.o_proj = RowParallelLinear(
+            q_full, config.hidden_size, getattr(config, "attention_bias", False), tp, "num_attention_heads * head_dim"
+        )
         self.register_buffer("k_cache", torch.empty(0, 1, self.num_kv_heads, head_dim), persistent=False)
         self.register_buffer("v_cache", torch.empty(0, 1, self.num_kv_heads, head_dim), persistent=False)
 
@@ -83,11 +103,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, tp: TPGroup):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        width = config.intermediate_size
+        self.gate_up_proj = ColumnParallelLinear.fused(config.hidden_size, [width, width], tp, bias, "intermediate_size")
+        self.down_proj = RowParallelLinear(width, config.hidden_size, bias, tp, "intermediate_size")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -95,12 +116,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config, head_dim: int):
+    def __init__(self, config, head_dim: int, tp: TPGroup, mlp_class: type[nn.Module]):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, head_dim)
+        self.self_attn = Attention(config, head_dim, tp)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = mlp_class(config, tp)
 
     def forward(self, x, positions, cos, sin, meta):
         x = x + self.self_attn(self.input_layernorm(x), positions, cos, sin, meta)
@@ -108,16 +129,24 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Decoder plus LM head; returns logits only for the tokens `meta.logits_indices` names (last of each request)."""
+    """Decoder plus LM head; returns logits only for the tokens `meta.logits_indices` names (last of each request).
 
-    def __init__(self, config):
+    `tp` defaults to the group this process joined (`runtime.distributed.get_tp()`); each rank then holds its slice.
+    """
+
+    mlp_class: type[nn.Module] = MLP  # Mixtral swaps in its sparse MoE block
+
+    def __init__(self, config, tp: TPGroup | None = None):
         super().__init__()
         self.config = config
+        self.tp = tp = tp or get_tp()
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, head_dim) for _ in range(config.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, head_dim, tp, self.mlp_class) for _ in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, tp)
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("rope", rope_cache(config, head_dim), persistent=False)

@@ -1,7 +1,8 @@
 """Turn a model spec (preset name, safetensors directory, GGUF file, or nothing for the default) into a model.
 
 Weights arrive in Hugging Face naming from either source (GGUF through transformers' own dequantising reader) and
-are mapped once onto the flat-token model's fused QKV and gate/up projections.
+are mapped once onto the flat-token model's fused QKV and gate/up projections (and Mixtral's stacked experts).
+Under tensor parallelism each rank cuts the full tensors down to its own slices (`parallel.shard_state_dict`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from .llama import LlamaForCausalLM, rope_cache
+from .mixtral import MixtralForCausalLM
+from .parallel import shard_specs, shard_state_dict
 from .presets import PRESETS, preset_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "mixtral")
 
 
 class ModelLoadError(ValueError):
@@ -76,21 +79,34 @@ def load_model(
     )
 
 
-def random_model(config: PretrainedConfig, dtype: torch.dtype, device, seed: int = 0) -> LlamaForCausalLM:
-    """A model of the config's real shape with small random weights, built directly on `device` in `dtype`."""
+def model_class(config: PretrainedConfig) -> type[LlamaForCausalLM]:
     _check_supported(config)
-    torch.manual_seed(seed)
+    return MixtralForCausalLM if config.model_type == "mixtral" else LlamaForCausalLM
+
+
+def random_model(config: PretrainedConfig, dtype: torch.dtype, device, seed: int = 0) -> LlamaForCausalLM:
+    """A model of the config's real shape with small random weights, built directly on `device` in `dtype`.
+
+    A sharded parameter is drawn at its full shape and then cut, so that every tensor-parallel size gets the
+    weights of the single-process model.
+    """
     with torch.device(device):
-        model = LlamaForCausalLM(config)
+        model = model_class(config)(config)
+    # Own generator: module construction draws from the global one, and draws differently at each TP size.
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     std = getattr(config, "initializer_range", 0.02)
+    specs = shard_specs(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            spec = specs.get(name)
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()
+            elif spec is None or spec.full_shape(p.shape) == tuple(p.shape):
+                p.normal_(0.0, std, generator=gen)
             else:
-                p.normal_(0.0, std)
+                p.copy_(spec.shard(p.new_empty(spec.full_shape(p.shape)).normal_(0.0, std, generator=gen)))
     return model.to(dtype).eval()
 
 
@@ -102,10 +118,9 @@ def _check_supported(config: PretrainedConfig) -> None:
 
 
 def _build(config: PretrainedConfig, tensors: dict[str, torch.Tensor], dtype, device) -> LlamaForCausalLM:
-    _check_supported(config)
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    state = hf_to_flat(tensors, config)
+        model = model_class(config)(config)
+    state = shard_state_dict(model, hf_to_flat(tensors, config))
     missing = set(model.state_dict()) - set(state)
     if getattr(config, "tie_word_embeddings", False):
         missing.discard("lm_head.weight")
@@ -124,12 +139,15 @@ def _build(config: PretrainedConfig, tensors: dict[str, torch.Tensor], dtype, de
 
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# Mixtral checkpoints on disk keep one tensor per expert: w1 = gate, w3 = up, w2 = down.
+_EXPERT = re.compile(r"^block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$")
 
 
 def hf_to_flat(tensors: dict[str, torch.Tensor], config: PretrainedConfig) -> dict[str, torch.Tensor]:
-    """Map Hugging Face Llama/Qwen2 names onto ours, fusing q/k/v and gate/up."""
+    """Map Hugging Face Llama/Qwen2/Mixtral names onto ours, fusing q/k/v and gate/up and stacking experts."""
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
+    experts: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
     for name, t in tensors.items():
         if name.endswith("rotary_emb.inv_freq"):
             continue
@@ -138,6 +156,10 @@ def hf_to_flat(tensors: dict[str, torch.Tensor], config: PretrainedConfig) -> di
             out[name.removeprefix("model.")] = t
             continue
         layer, rest = m.groups()
+        if e := _EXPERT.match(rest):
+            experts.setdefault(layer, {})[(int(e.group(1)), e.group(2))] = t
+            continue
+        rest = rest.replace("block_sparse_moe.", "mlp.")
         for parts, target in ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj")):
             module, _, leaf = rest.rpartition(".")
             prefix, _, proj = module.rpartition(".")
@@ -152,7 +174,22 @@ def hf_to_flat(tensors: dict[str, torch.Tensor], config: PretrainedConfig) -> di
         if set(pieces) != set(parts):
             raise ModelLoadError(f"checkpoint has only {sorted(pieces)} for {name}")
         out[name] = torch.cat([pieces[p] for p in parts], dim=0)
+    for layer, pieces in experts.items():
+        out.update(_stack_experts(layer, pieces))
     return out
+
+
+def _stack_experts(layer: str, pieces: dict[tuple[int, str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-expert w1/w3/w2 matrices as the [E, 2I, H] gate|up and [E, H, I] down stacks our experts hold."""
+    num = 1 + max(e for e, _ in pieces)
+    lacking = [f"{e}.{w}" for e in range(num) for w in ("w1", "w2", "w3") if (e, w) not in pieces]
+    if lacking:
+        raise ModelLoadError(f"checkpoint layer {layer} lacks expert weights {', '.join(lacking[:5])}")
+    prefix = f"layers.{layer}.mlp.experts"
+    return {
+        f"{prefix}.gate_up_proj": torch.stack([torch.cat([pieces[e, "w1"], pieces[e, "w3"]]) for e in range(num)]),
+        f"{prefix}.down_proj": torch.stack([pieces[e, "w2"] for e in range(num)]),
+    }
 
 
 def _load_gguf(path: Path, dtype, device, name: str) -> LoadedModel:
