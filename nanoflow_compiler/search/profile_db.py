@@ -148,8 +148,8 @@ class ProfileDB:
         if not path.is_file():
             raise FileNotFoundError(f"no profile database at {path}; create one with `nanoflow search`")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ProfileSchemaError(f"{path}: not valid JSON ({e})") from None
         db = cls.from_json(data, str(path))
         if expect is not None:

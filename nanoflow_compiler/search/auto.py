@@ -1,0 +1,73 @@
+"""`plan="auto"`: the stored plan when a profile database has one, else a plan searched on the spot.
+
+Order of preference: a confirmed plan stored for this model and bucket; a search over the database's measured
+profile (not confirmed: compile time has no timed run); the analytical cost model, with a SearchWarning that says
+why, recorded in the plan's notes and `cost_source`, because such a plan is a guess from peak numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import networkx as nx
+
+from .cost_model import AnalyticalCostModel, TableCostModel, peaks_for
+from .errors import MissingProfileError, SearchWarning
+from .layer_graph import decoder_layer_graph, model_key
+from .profile_db import DeviceKey, ProfileDB
+from .search import Plan, load_plan, search_bucket
+
+DEFAULT_SMS = 132  # an H100's, for planning on machines without a GPU
+_ANALYTICAL: dict[tuple, Plan] = {}  # searching costs ~1 s; one layer shape at one bucket gives one plan
+
+
+def _device() -> tuple[str, int, DeviceKey | None]:
+    try:
+        key = DeviceKey.current()
+    except RuntimeError:
+        return "no CUDA device (assuming an H100)", DEFAULT_SMS, None
+    return key.name, key.sm_count, key
+
+
+def load_plan_for(config, bucket: int, profile_db: str | os.PathLike | ProfileDB | None = None,
+                  context_len: int = 1024, layer: nx.DiGraph | None = None) -> Plan:
+    """The plan for a model config (or a given layer graph) at a token bucket; see the module docstring."""
+    layer = layer if layer is not None else decoder_layer_graph(config, context_len)
+    model = layer.graph.get("model_key") or model_key(config)
+    name, sms, key = _device()
+    reason = "no profile database was given (options['profile_db'])"
+    db = None
+    if isinstance(profile_db, ProfileDB):
+        db = profile_db
+    elif profile_db is not None and os.path.exists(profile_db):
+        db = ProfileDB.load(profile_db, expect=key)
+    elif profile_db is not None:
+        reason = f"no profile database at {profile_db}"
+    if db is not None:
+        try:
+            return load_plan(db, model, bucket)
+        except MissingProfileError:
+            pass
+        try:
+            plan = search_bucket(layer, bucket, TableCostModel(db), model=model, device=db.device.name)
+            plan.notes.append(f"no stored plan for {model}@{bucket}: searched the profile at compile time")
+            return plan
+        except MissingProfileError as e:
+            reason = f"the profile database does not cover this model: {e}"
+    return _analytical(layer, bucket, model, name, sms, reason)
+
+
+def _analytical(layer: nx.DiGraph, bucket: int, model: str, device: str, sms: int, reason: str) -> Plan:
+    family, peaks = peaks_for(device)
+    message = (f"plan='auto' for {model} at {bucket} tokens: {reason}; using the analytical cost model "
+               f"({family} peaks: {peaks.flops / 1e12:.0f} TFLOP/s, {peaks.bandwidth / 1e12:.2f} TB/s) - run "
+               f"`nanoflow search` on the device for a measured plan")
+    warnings.warn(message, SearchWarning, stacklevel=3)
+    key = (model, tuple(sorted((n, d["spec"]) for n, d in layer.nodes(data=True))),
+           tuple(sorted(layer.edges(data="shift", default=0))), bucket, device, sms)
+    if key not in _ANALYTICAL:
+        _ANALYTICAL[key] = search_bucket(layer, bucket, AnalyticalCostModel(sms, peaks), model=model, device=device)
+    plan = Plan.from_json(_ANALYTICAL[key].to_json())
+    plan.notes.insert(0, f"fallback: {message}")
+    return plan

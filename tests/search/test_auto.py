@@ -1,0 +1,44 @@
+import warnings
+
+import pytest
+
+from nanoflow_compiler.search.auto import load_plan_for
+from nanoflow_compiler.search.cost_model import TableCostModel
+from nanoflow_compiler.search.errors import SearchWarning
+from nanoflow_compiler.search.layer_graph import decoder_layer_graph, model_key
+from nanoflow_compiler.search.search import plan_key, search_bucket
+
+
+def test_without_profile_the_analytical_model_is_used_with_a_warning(tiny_config, tmp_path):
+    config = tiny_config()
+    with pytest.warns(SearchWarning, match="no profile database at .*missing.json; using the analytical cost model"):
+        plan = load_plan_for(config, 256, profile_db=tmp_path / "missing.json")
+    assert plan.cost_source == "analytical" and plan.notes[0].startswith("fallback: plan='auto'")
+    assert plan.bucket == 256 and plan.model == model_key(config)
+    with pytest.warns(SearchWarning, match="no profile database was given"):
+        again = load_plan_for(config, 256)
+    assert again.nano_batches == plan.nano_batches and again.sm_plan == plan.sm_plan
+
+
+def test_stored_plan_is_used_without_warning(make_db, make_chain, tiny_config):
+    db = make_db(0)
+    layer = make_chain(["gemm", "attn"])
+    layer.graph["model_key"] = "tiny"
+    stored = search_bucket(layer, 512, TableCostModel(db), model="tiny", granularity=64, confirm=lambda p: 1e-3)
+    db.plans[plan_key("tiny", 512)] = stored.to_json()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = load_plan_for(tiny_config(), 512, profile_db=db, layer=layer)
+    assert plan.measured_s == 1e-3 and plan.sm_plan == stored.sm_plan
+
+
+def test_profile_without_plan_is_searched_and_one_without_the_model_falls_back(make_db, make_chain, tiny_config):
+    db = make_db(0)
+    layer = make_chain(["gemm", "attn"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = load_plan_for(tiny_config(), 512, profile_db=db, layer=layer)
+    assert plan.cost_source == "profile" and any("searched the profile at compile time" in n for n in plan.notes)
+    with pytest.warns(SearchWarning, match="does not cover this model: no profile for bucket 256: op kind 'rmsnorm_residual.* never profiled"):
+        plan = load_plan_for(tiny_config(), 256, profile_db=db, layer=decoder_layer_graph(tiny_config()))
+    assert plan.cost_source == "analytical"
