@@ -28,3 +28,7 @@ class InfeasibleRequestError(SearchError):
 
 class SearchWarning(UserWarning):
     """A fallback or a version mismatch the search tolerated; the result records it as well."""
+
+
+class ProfilingUnavailableError(SearchError):
+    """Profiling measures kernels on a GPU; there is none here (or its partitions cannot be made)."""
