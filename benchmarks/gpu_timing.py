@@ -1,0 +1,101 @@
+"""Timing helpers shared by the GPU benchmarks: CUDA-graph replay timing, environment record, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def capture(body: Callable[[], None], stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
+    """Capture `body` into a graph; with `stream`, the body runs forked onto that (partition) stream and joined."""
+    cap = torch.cuda.Stream()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=cap):
+        if stream is None:
+            body()
+        else:
+            stream.wait_stream(cap)
+            with torch.cuda.stream(stream):
+                body()
+            cap.wait_stream(stream)
+    torch.cuda.synchronize()
+    return graph
+
+
+def time_graph(graph: torch.cuda.CUDAGraph, replays: int = 10, reps: int = 5) -> float:
+    """Median milliseconds per replay (events around `replays` back-to-back replays, `reps` times)."""
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / replays)
+    return statistics.median(times)
+
+
+def time_fn(fn: Callable[[], None], stream: torch.cuda.Stream | None = None, per_graph: int = 10,
+            replays: int = 5, reps: int = 5) -> float:
+    """Median ms of one call of `fn`, warmed up, captured `per_graph` times into one graph on `stream`."""
+    fn() if stream is None else _on(stream, fn)
+    torch.cuda.synchronize()
+
+    def body():
+        for _ in range(per_graph):
+            fn()
+
+    return time_graph(capture(body, stream), replays, reps) / per_graph
+
+
+def _on(stream: torch.cuda.Stream, fn: Callable[[], None]) -> None:
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def environment() -> dict:
+    """Device, versions, commit and command line, recorded with every result."""
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    commit = os.environ.get("NANOFLOW_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    return {
+        "device": props.name, "sms": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", None),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+        "python": platform.python_version(), "commit": commit, "command": " ".join([sys.executable, *sys.argv]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Write benchmarks/results/<name>.json and, on the device tool, a copy under $OUT."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    text = json.dumps(payload, indent=2, default=str)
+    path.write_text(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], f"{name}.json").write_text(text)
+    return path

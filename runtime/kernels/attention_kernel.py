@@ -1,0 +1,183 @@
+"""Paged attention kernel (Triton) shared by decode and chunked prefill, plus the split-KV merge.
+
+One program handles one KV head for a tile of query rows, so every KV byte it reads serves all the query heads of
+that group (GQA). Rows are (token, head-in-group) pairs: a decode program has one token (its G heads padded to 16
+rows for the tensor cores, which costs nothing in a memory-bound loop); a prefill program has BLOCK_M // G
+consecutive tokens of one request. Which program owns which token is decided on the device from `token_req` and
+`positions`, so launches need no host sync and can be captured in CUDA graphs:
+- decode: tokens that are alone in their request's run (and padding, which gets zeros);
+- prefill: runs of two or more tokens, cut into blocks at multiples of BLOCK_M // G positions
+  (positions of one request's run are consecutive, as the model runner lays them out).
+Long contexts with few programs split the KV range (flash-decoding); partial results are merged by `_merge_kernel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """Tile shape and pipelining of one launch. `block_m` rows = tokens x heads of a KV group (>= 16, >= G)."""
+
+    block_m: int = 16
+    block_n: int = 64
+    num_warps: int = 4
+    stages: int = 3
+    programs_per_sm: int = 4  # split the KV range until about this many programs per SM of the budget exist
+    min_split_tokens: int = 256  # never split a context into pieces shorter than this
+
+
+DECODE = AttnConfig()
+PREFILL = AttnConfig(block_m=64, block_n=64, num_warps=4, stages=2)
+
+
+def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+           token_req: torch.Tensor, positions: torch.Tensor, scale: float, out: torch.Tensor, *, prefill: bool,
+           num_sms: int, config: AttnConfig | None = None) -> None:
+    """Write `out` rows of the tokens this kind of launch owns (decode: single-token runs and padding)."""
+    T, Hq, D = query.shape
+    Hkv, page = k_cache.shape[2], k_cache.shape[1]
+    if T == 0:
+        return
+    G = Hq // Hkv
+    cfg = config or (PREFILL if prefill else DECODE)
+    block_m = max(cfg.block_m, triton.next_power_of_2(G))
+    tokens_per_program = max(1, block_m // G) if prefill else 1
+    programs = triton.cdiv(T, tokens_per_program) * Hkv
+    splits = max(1, min(MAX_SPLITS, triton.cdiv(num_sms * cfg.programs_per_sm, programs)))
+    if splits > 1:
+        part_o = torch.empty((splits, T, Hq, D), device=query.device, dtype=torch.float32)
+        part_lse = torch.empty((splits, T, Hq), device=query.device, dtype=torch.float32)
+    else:
+        part_o = part_lse = out
+    paged_attn_kernel[(T, Hkv, splits)](
+        query, k_cache, v_cache, block_tables, token_req, positions, out, part_o, part_lse,
+        T, G, page, splits, triton.cdiv(cfg.min_split_tokens, cfg.block_n), scale * LOG2E,
+        query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        D=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n, PREFILL=prefill, SPLIT=splits > 1, STAGES=cfg.stages,
+        num_warps=cfg.num_warps, num_stages=cfg.stages,
+    )
+    if splits > 1:
+        _merge_kernel[(T, Hq)](part_o, part_lse, token_req, out, T, Hq, splits, out.stride(0), out.stride(1),
+                               D=D, S_PAD=triton.next_power_of_2(splits), PREFILL=prefill, num_warps=4)
+
+
+@triton.jit
+def _owns(req_ptr, t, T, PREFILL: tl.constexpr):
+    """Whether token t's output belongs to the decode launch (PREFILL=False) or to the prefill launch."""
+    req = tl.load(req_ptr + t)
+    prev = tl.load(req_ptr + t - 1, mask=t > 0, other=-2)
+    nxt = tl.load(req_ptr + t + 1, mask=t + 1 < T, other=-2)
+    if PREFILL:
+        return (req >= 0) & ((req == prev) | (req == nxt)), req, prev
+    return ((req != prev) & (req != nxt)) | (req < 0), req, prev
+
+
+@triton.jit
+def paged_attn_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, req_ptr, pos_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+    T, G, page_size, num_splits, min_tiles, qk_scale,
+    s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_ot, s_oh,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFILL: tl.constexpr, SPLIT: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    t0 = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    owned, req, prev = _owns(req_ptr, t0, T, PREFILL)
+    pos0 = tl.load(pos_ptr + t0)
+    rows = tl.arange(0, BLOCK_M)
+    if PREFILL:
+        block_q = BLOCK_M // G
+        owned = owned & ((req != prev) | (pos0 % block_q == 0))
+    if not owned:
+        return
+    if PREFILL:
+        tok = t0 + rows // G
+        head = kvh * G + rows % G
+        in_tile = (rows < block_q * G) & (tok < T)
+        r_req = tl.load(req_ptr + tok, mask=in_tile, other=-1)
+        r_pos = tl.load(pos_ptr + tok, mask=in_tile, other=-1)
+        row_ok = in_tile & (r_req == req) & (r_pos // block_q == pos0 // block_q)
+        store_ok = row_ok
+    else:
+        tok = t0 + rows * 0
+        head = kvh * G + rows
+        store_ok = rows < G
+        row_ok = store_ok & (req >= 0)
+        r_pos = pos0 + rows * 0
+    r_pos = tl.where(row_ok, r_pos, -1)
+    ctx = tl.max(r_pos, 0) + 1
+
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + tok[:, None] * s_qt + head[:, None] * s_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    n_tiles = tl.cdiv(ctx, BLOCK_N)
+    lo = 0
+    hi = n_tiles
+    if SPLIT:
+        per = tl.maximum(tl.cdiv(n_tiles, num_splits), min_tiles)
+        lo = tl.minimum(split * per, n_tiles)
+        hi = tl.minimum(lo + per, n_tiles)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    bt_row = bt_ptr + tl.maximum(req, 0).to(tl.int64) * s_bt
+    for tile in tl.range(lo, hi, num_stages=STAGES):
+        j = tile * BLOCK_N + offs_n
+        j_ok = j < ctx
+        page = tl.load(bt_row + j // page_size, mask=j_ok, other=0)
+        base = page.to(tl.int64) * s_kb + (j % page_size) * s_kt + kvh * s_kh
+        k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
+        v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.where(j[None, :] <= r_pos[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    o = acc / safe_l[:, None]
+    if SPLIT:
+        lse = tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf"))
+        idx = (split * T + tok) * (tl.num_programs(1) * G) + head
+        tl.store(part_lse_ptr + idx, lse, mask=store_ok)
+        tl.store(part_o_ptr + idx[:, None] * D + d[None, :], o, mask=store_ok[:, None])
+    else:
+        dst = out_ptr + tok[:, None] * s_ot + head[:, None] * s_oh + d[None, :]
+        tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=store_ok[:, None])
+
+
+@triton.jit
+def _merge_kernel(part_o_ptr, part_lse_ptr, req_ptr, out_ptr, T, H, num_splits, s_ot, s_oh,
+                  D: tl.constexpr, S_PAD: tl.constexpr, PREFILL: tl.constexpr):
+    """out[t, h] = softmax-weighted sum over splits of the partial outputs, for tokens this launch owns."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    owned, _, _ = _owns(req_ptr, t, T, PREFILL)
+    if not owned:
+        return
+    s = tl.arange(0, S_PAD)
+    d = tl.arange(0, D)
+    idx = (s * T + t) * H + h
+    lse = tl.load(part_lse_ptr + idx, mask=s < num_splits, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m)
+    o = tl.load(part_o_ptr + idx[:, None] * D + d[None, :], mask=(s < num_splits)[:, None], other=0.0)
+    total = tl.sum(w, 0)
+    res = tl.sum(w[:, None] * o, 0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + t * s_ot + h * s_oh + d, res.to(out_ptr.dtype.element_ty))
