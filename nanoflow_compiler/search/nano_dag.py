@@ -26,10 +26,14 @@ def nano_name(op: str, index: int) -> str:
     return f"{op}#{index}"
 
 
-def expand(layer: nx.DiGraph, tokens: int, nano_batches: dict[str, int], granularity: int = 16) -> nx.DiGraph:
-    """The nano-op DAG (plus shift-1 edges into the next layer); classes missing from `nano_batches` stay whole."""
+def expand(layer: nx.DiGraph, tokens: int, nano_batches: dict[str, int], granularity: int = 16,
+           boundaries: dict[str, list[int]] | None = None) -> nx.DiGraph:
+    """The nano-op DAG (plus shift-1 edges into the next layer); classes missing from `nano_batches` stay whole.
+
+    `boundaries` (per class, as a stored plan has them) replaces the even split."""
     validate_layer_graph(layer)
-    points = {cls: split_points(tokens, nano_batches.get(cls, 1), granularity)
+    points = {cls: list(boundaries[cls]) if boundaries and cls in boundaries
+              else split_points(tokens, nano_batches.get(cls, 1), granularity)
               for cls in {d["cls"] for _, d in layer.nodes(data=True)}}
     nano = nx.DiGraph(tokens=tokens, nano_batches=dict(nano_batches), boundaries=points)
     ranges: dict[str, list[tuple[str, int, int]]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,13 @@ class DeviceKey:
             raise RuntimeError("profiles describe a CUDA device and none is available here")
         props = torch.cuda.get_device_properties(device_index)
         return cls(props.name, props.multi_processor_count, torch.__version__, _triton_version(), 8)
+
+
+def default_db_path(key: DeviceKey) -> Path:
+    """One database per device model under the user's cache (override with --db / options['profile_db'])."""
+    slug = re.sub(r"[^a-z0-9]+", "-", key.name.lower()).strip("-")
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "nanoflow" / "profiles" / f"{slug}-{key.sm_count}sm.json"
 
 
 def _triton_version() -> str:
