@@ -140,14 +140,27 @@ def launch(fn: Callable[..., Any], tensor_parallel_size: int, *args, backend: st
         _worker, args=(fn, args, kwargs, tensor_parallel_size, init_method, backend, results),
         nprocs=tensor_parallel_size, start_method="spawn", join=False,
     )
-    payload = None
-    # Drain the queue while waiting: a large result blocks rank 0's put until someone reads it.
-    while not procs.join(timeout=0.2):
-        if not results.empty():
-            payload = results.get()
-    if not results.empty():
-        payload = results.get()
-    return None if payload is None else pickle.loads(payload)
+    outcome = None
+    try:
+        # Drain the queue while waiting: a large result blocks rank 0's put until someone reads it.
+        while not procs.join(timeout=0.2):
+            outcome = _drain(results, outcome)
+    except mp.ProcessRaisedException:
+        outcome = _drain(results, outcome)
+        if outcome is not None and not outcome[0]:
+            raise outcome[1] from None  # a rank's ValueError (bad input) reads as if raised here
+        raise
+    outcome = _drain(results, outcome)
+    return None if outcome is None else outcome[1]
+
+
+def _drain(results, outcome: tuple[bool, Any] | None) -> tuple[bool, Any] | None:
+    """The latest (ok, value) a rank sent, except that a first failure is kept."""
+    while not results.empty():
+        sent = pickle.loads(results.get())
+        if outcome is None or outcome[0]:
+            outcome = sent
+    return outcome
 
 
 def _worker(rank, fn, args, kwargs, world_size, init_method, backend, results) -> None:
@@ -158,6 +171,9 @@ def _worker(rank, fn, args, kwargs, world_size, init_method, backend, results) -
         result = fn(*args, **kwargs)
         if rank == 0:
             # By value: torch's queue would share tensors through handles that die with this process.
-            results.put(pickle.dumps(result))
+            results.put(pickle.dumps((True, result)))
+    except ValueError as e:  # bad input: the launcher re-raises it without this process's traceback
+        results.put(pickle.dumps((False, e)))
+        raise
     finally:
         destroy_tensor_parallel()

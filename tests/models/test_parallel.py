@@ -68,7 +68,7 @@ def _prefill_batch():
     return ids, pos, meta
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as the engine's model runner calls the model
 def _prefill_then_decode(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     model.allocate_kv_cache(4 * len(PROMPTS), BLOCK, torch.float32, "cpu")
     prefill = model(*_prefill_batch())
@@ -170,3 +170,20 @@ def test_indivisible_heads_raise_a_clear_error(tiny_config):
         LlamaForCausalLM(config, tp=TPGroup(0, 3, "unused"))
     with pytest.raises(ValueError, match="tensor-parallel-size must be at least 1"):
         distributed.launch(print, 0)
+
+
+
+def _bad_heads(config) -> None:
+    LlamaForCausalLM(config, tp=TPGroup(0, 2, "unused"))
+
+
+def test_a_rank_s_value_error_goes_back_to_the_launcher(tiny_config):
+    """In-process (a second launch would cost a spawn): the rank reports a ValueError, the launcher's drain keeps it."""
+    import multiprocessing
+
+    results = multiprocessing.get_context("spawn").SimpleQueue()
+    config = tiny_config("smollm2-135m", num_attention_heads=3, num_key_value_heads=1, hidden_size=48)
+    with pytest.raises(ValueError):
+        distributed._worker(0, _bad_heads, (config,), {}, 1, "env://", "gloo", results)
+    ok, error = distributed._drain(results, None)
+    assert not ok and "num_attention_heads (3) is not divisible by the tensor-parallel size 2" in str(error)
