@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Listed in the order `nanoflow --help` shows them.
-COMMANDS = ["generate", "search"]
+COMMANDS = ["generate", "serve", "search"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,121 @@
+"""`nanoflow serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over one engine loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /metrics)",
+        description="Serve a model over OpenAI's HTTP API: /v1/completions and /v1/chat/completions (both with "
+                    "stream=true as server-sent events), /v1/models, /health and Prometheus /metrics. All "
+                    "connections share one engine loop (continuous batching). SIGINT/SIGTERM drain: new requests "
+                    "get 503, running ones finish for --drain-timeout seconds, then end with finish_reason 'abort'.",
+    )
+    m = p.add_argument_group("model and engine")
+    m.add_argument("--model", default=None, metavar="M",
+                   help="preset name, .gguf file or Hugging Face directory (default: SmolLM2-135M-Instruct)")
+    m.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the name clients put in 'model' and /v1/models lists (default: the model's name)")
+    m.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
+    m.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when available)")
+    m.add_argument("--max-model-len", type=_positive, default=None, metavar="N",
+                   help="context length: prompt plus output tokens (default: the model's)")
+    m.add_argument("--max-num-seqs", type=_positive, default=None, metavar="N",
+                   help="most requests in the running batch (default: the engine's, 256)")
+    m.add_argument("--max-num-batched-tokens", type=_positive, default=None, metavar="N",
+                   help="tokens per engine iteration, decode and prefill together (default: the engine's, 512)")
+    m.add_argument("--num-kv-blocks", type=_positive, default=None, metavar="N",
+                   help="KV-cache blocks (default: sized from free memory)")
+    m.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
+    m.add_argument("--compile-options", type=_json_object, default=None, metavar="JSON",
+                   help="JSON options for the nanoflow torch.compile backend")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all interfaces)")
+    s.add_argument("--port", type=_non_negative, default=8000,
+                   help="TCP port (default: 8000; 0 picks a free one and prints it)")
+    s.add_argument("--api-key", default=os.environ.get("NANOFLOW_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $NANOFLOW_API_KEY; none = open)")
+    s.add_argument("--max-queued", type=_non_negative, default=256, metavar="N",
+                   help="requests that may wait for their first token; more get 429 with Retry-After (default: 256)")
+    s.add_argument("--max-tokens-limit", type=_positive, default=None, metavar="N",
+                   help="largest max_tokens a request may ask for (default: only the context length limits it)")
+    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long running requests may take to finish on shutdown (default: 30)")
+    s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                   help="uvicorn and engine log level (default: info)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models import load_model
+    from ..runtime.engine import EngineConfig, LLMEngine
+    from ..server import create_app
+    from ..server.launch import bind_socket, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
+    sock = bind_socket(args.host, args.port)  # before the slow load, so a taken port fails at once
+    loaded = load_model(args.model, dtype=dtype, device=device)
+    knobs = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks")
+             if getattr(args, k) is not None}
+    config = EngineConfig(compile=args.compile, compile_options=args.compile_options, dtype=dtype, device=device,
+                          **knobs)
+    engine = LLMEngine(loaded.model, loaded.tokenizer, config)
+    name = args.served_model_name or loaded.name
+    app = create_app(engine, loaded.tokenizer, model_name=name, api_key=args.api_key, max_queued=args.max_queued,
+                     max_tokens_limit=args.max_tokens_limit, drain_timeout_s=args.drain_timeout)
+    host, port = sock.getsockname()[:2]
+    print(f"nanoflow serve: '{name}' on http://{_url_host(host)}:{port}/v1 (context {engine.max_model_len} tokens"
+          f"{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
+    serve(app, sock, log_level=args.log_level)
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"nano_batches\": 2}'")
+    return value
