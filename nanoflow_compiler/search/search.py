@@ -49,9 +49,14 @@ class Plan:
         return not self.sm_plan
 
     def to_options(self) -> dict:
-        """The compile options this plan stands for (see nanoflow_compiler/options.py)."""
-        return {"nano_batches": dict(self.nano_batches), "sm_plan": dict(self.sm_plan) or None,
-                "token_buckets": [self.bucket], "order": {s: list(o) for s, o in self.order.items()}}
+        """The compile options this plan stands for (nanoflow_compiler/options.py's CompileOptions fields): the
+        sequential plan is `overlap=False`; otherwise counts, the exact nano-batch sizes for this bucket, and the
+        SM shares. The per-stream order is the search's; the compiler's schedule pass orders streams itself."""
+        if self.sequential:
+            return {"overlap": False, "token_buckets": [self.bucket]}
+        sizes = {c: [b - a for a, b in zip(p, p[1:])] for c, p in self.boundaries.items()}
+        return {"nano_batches": dict(self.nano_batches), "split": {self.bucket: sizes},
+                "sm_plan": dict(self.sm_plan), "token_buckets": [self.bucket]}
 
     def to_json(self) -> dict:
         return asdict(self)

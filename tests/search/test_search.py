@@ -12,7 +12,9 @@ def test_search_predicts_and_prefers_overlap_when_it_pays(make_db, make_chain):
     assert plan.sm_plan and len(seq) == 1 and plan.predicted_s < seq[0]["predicted_s"]
     assert all(plan.predicted_s <= c["predicted_s"] for c in plan.candidates)
     assert "not confirmed by a timed run" in plan.notes and plan.measured_s is None
-    assert plan.to_options()["nano_batches"] == plan.nano_batches
+    options = plan.to_options()
+    assert options["nano_batches"] == plan.nano_batches and options["sm_plan"] == plan.sm_plan
+    assert all(sum(sizes) == 1024 for sizes in options["split"][1024].values())
 
 
 def test_confirmation_keeps_the_fastest_measured_plan(make_db, make_chain):
@@ -27,6 +29,7 @@ def test_confirmation_keeps_the_fastest_measured_plan(make_db, make_chain):
                          confirm_top=2)
     assert len(timed) == 3 and sum(p.sequential for p in timed) == 1
     assert plan.sequential and plan.measured_s == 1.0
+    assert plan.to_options() == {"overlap": False, "token_buckets": [1024]}
     assert sum(c["measured_s"] is not None for c in plan.candidates) == 2
 
 
