@@ -158,8 +158,9 @@ def _pair_levels(pairs: list[tuple[int, int]], g: int) -> list[list[tuple[int, i
 
 
 class CudaTimer:
-    """CUDA-event timing of CUDA-graph replays on SM partitions (graphs: the executor replays graphs too, and
-    short kernels launched eagerly would time the CPU instead of the GPU)."""
+    """CUDA-event timing of CUDA-graph replays on SM partitions. Graphs, because the executor replays graphs too
+    and short kernels launched one by one would time the CPU; each graph is captured forked onto the partition's
+    stream and joined (replay keeps every kernel on its partition, H100.md) and replayed from plain side streams."""
 
     def __init__(self, device: int = 0, target_s: float = 2e-3, repeats: int = 3):
         import torch
@@ -174,10 +175,12 @@ class CudaTimer:
         self.device, self.target_s, self.repeats = device, target_s, repeats
         self.total = torch.cuda.get_device_properties(device).multi_processor_count
         self._parts: dict[tuple[int, ...], dict] = {}  # green contexts live as long as the process: reuse them
+        self._replay = (torch.cuda.Stream(device), torch.cuda.Stream(device))
 
     def _stream(self, sms: int):
+        """The whole device is a plain stream; anything less a disjoint partition."""
         if sms == self.total:
-            return self.torch.cuda.current_stream(self.device)
+            return self.torch.cuda.Stream(self.device)
         return self._partitions(sms)["p0"].stream
 
     def _partitions(self, *sms: int) -> dict:
@@ -189,36 +192,47 @@ class CudaTimer:
     def _graph(self, op: Op, stream, reps: int):
         torch = self.torch
         with torch.cuda.stream(stream):
-            for _ in range(2):
+            for _ in range(2):  # compiles and tunes the kernels for this SM budget before capture
                 op()
         torch.cuda.synchronize(self.device)
+        root = torch.cuda.Stream(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for _ in range(reps):
-                op()
+        with torch.cuda.graph(graph, stream=root):
+            stream.wait_stream(root)
+            with torch.cuda.stream(stream):
+                for _ in range(reps):
+                    op()
+            root.wait_stream(stream)
         return graph
 
-    def _time(self, graph, stream) -> float:
+    def _time(self, graph, background=None) -> float:
+        """Median seconds of one replay; `background` is replayed first on the other side stream."""
         torch = self.torch
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        main, side = self._replay
+        graph.replay()
+        torch.cuda.synchronize(self.device)
         samples = []
         for _ in range(self.repeats):
-            with torch.cuda.stream(stream):
-                start.record(stream)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if background is not None:
+                with torch.cuda.stream(side):
+                    background.replay()
+            with torch.cuda.stream(main):
+                start.record(main)
                 graph.replay()
-                end.record(stream)
-            end.synchronize()
+                end.record(main)
+            torch.cuda.synchronize(self.device)
             samples.append(start.elapsed_time(end) / 1e3)
         return sorted(samples)[len(samples) // 2]
 
     def _reps(self, op: Op, stream) -> int:
-        once = self._time(self._graph(op, stream, 1), stream)
+        once = self._time(self._graph(op, stream, 1))
         return max(1, min(200, round(self.target_s / max(once, 1e-6))))
 
     def solo(self, op: Op, sms: int) -> float:
         stream = self._stream(sms)
         reps = self._reps(op, stream)
-        return self._time(self._graph(op, stream, reps), stream) / reps
+        return self._time(self._graph(op, stream, reps)) / reps
 
     def corun(self, op_a: Op, sms_a: int, op_b: Op, sms_b: int) -> tuple[float, float]:
         parts = self._partitions(sms_a, sms_b)
@@ -227,23 +241,10 @@ class CudaTimer:
 
     def _corun(self, op: Op, stream, other: Op, other_stream) -> float:
         """Time `op` while `other` runs for at least twice as long, started first so it covers `op` throughout."""
-        torch = self.torch
         reps = self._reps(op, stream)
         graph = self._graph(op, stream, reps)
-        alone = self._time(graph, stream)
+        alone = self._time(graph)
         other_reps = self._reps(other, other_stream)
-        cover = max(1, round(2 * alone / (self._time(self._graph(other, other_stream, other_reps), other_stream)
-                                          / other_reps)))
-        background = self._graph(other, other_stream, min(cover, 2000))
-        samples = []
-        for _ in range(self.repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            with torch.cuda.stream(other_stream):
-                background.replay()
-            with torch.cuda.stream(stream):
-                start.record(stream)
-                graph.replay()
-                end.record(stream)
-            torch.cuda.synchronize(self.device)
-            samples.append(start.elapsed_time(end) / 1e3)
-        return sorted(samples)[len(samples) // 2] / reps
+        other_once = self._time(self._graph(other, other_stream, other_reps)) / other_reps
+        background = self._graph(other, other_stream, min(2000, max(1, round(2 * alone / other_once))))
+        return self._time(graph, background) / reps
