@@ -71,3 +71,26 @@ def _analytical(layer: nx.DiGraph, bucket: int, model: str, device: str, sms: in
     plan = Plan.from_json(_ANALYTICAL[key].to_json())
     plan.notes.insert(0, f"fallback: {message}")
     return plan
+
+
+def merge_plan_options(plans: dict[int, Plan]) -> tuple[dict, list[str]]:
+    """One set of compile options for several buckets' plans, and notes on what could not be kept.
+
+    CompileOptions holds one `overlap` flag and one `sm_plan` but nano-batch sizes per bucket, so the largest
+    bucket's plan (the one that carries the most tokens through the engine) decides the flag and the shares; the
+    other buckets keep their own sizes when they are overlapped plans too."""
+    if not plans:
+        raise ValueError("no plans to merge")
+    lead = plans[max(plans)]
+    options = lead.to_options()
+    options["token_buckets"] = sorted(plans)
+    notes = []
+    for bucket, plan in sorted(plans.items()):
+        if plan is lead:
+            continue
+        if plan.sequential != lead.sequential or (not plan.sequential and plan.sm_plan != lead.sm_plan):
+            notes.append(f"bucket {bucket}: its plan ({plan.sm_plan or 'sequential'}) differs from bucket "
+                         f"{lead.bucket}'s ({lead.sm_plan or 'sequential'}), which the compile options keep")
+        if not lead.sequential and not plan.sequential:
+            options["split"].update(plan.to_options()["split"])
+    return options, notes

@@ -42,3 +42,20 @@ def test_profile_without_plan_is_searched_and_one_without_the_model_falls_back(m
     with pytest.warns(SearchWarning, match="does not cover this model: no profile for bucket 256: op kind 'rmsnorm_residual.* never profiled"):
         plan = load_plan_for(tiny_config(), 256, profile_db=db, layer=decoder_layer_graph(tiny_config()))
     assert plan.cost_source == "analytical"
+
+
+def test_merge_plan_options_keeps_per_bucket_sizes_and_notes_conflicts(make_db, make_chain):
+    from nanoflow_compiler.search.auto import merge_plan_options
+
+    cost = TableCostModel(make_db(0))
+    layer = make_chain(["gemm", "attn"])
+    plans = {b: search_bucket(layer, b, cost, model="m", granularity=64) for b in (512, 1024)}
+    options, notes = merge_plan_options(plans)
+    assert options["token_buckets"] == [512, 1024] and options["sm_plan"] == plans[1024].sm_plan
+    if plans[512].sm_plan == plans[1024].sm_plan:
+        assert set(options["split"]) == {512, 1024} and notes == []
+    else:
+        assert "bucket 512" in notes[0]
+    plans[512] = search_bucket(layer, 512, cost, model="m", granularity=64, confirm=lambda p: 0 if p.sequential else 1)
+    options, notes = merge_plan_options(plans)
+    assert options["split"].keys() == {1024} and "bucket 512: its plan (sequential)" in notes[0]
