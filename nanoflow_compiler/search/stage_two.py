@@ -117,6 +117,10 @@ def stage_two(nano: nx.DiGraph, orders: dict[str, list[str]], cost: CostModel, n
     for x in allowed:
         _check_share("allowed share", x, cost.granularity, num_sms)
     streams = sorted(orders)
+    unknown = set(fixed or ()) - set(streams)
+    if unknown:
+        raise InfeasibleRequestError(f"pinned shares name streams {sorted(unknown)} that the plan does not have "
+                                     f"(streams: {streams})")
     if len(streams) * min(allowed) > num_sms:
         raise InfeasibleRequestError(f"{len(streams)} streams need at least {len(streams) * min(allowed)} SMs, "
                                      f"only {num_sms} are available")

@@ -63,6 +63,7 @@ def test_fixed_share_and_smaller_budget(make_db, make_chain):
     (dict(fixed={"MEMORY": 40, "COMPUTE": 16}), "sum to 56 SMs, more than the 48 available"),
     (dict(allowed=[8, 20]), "20 SMs is not a positive multiple"),
     (dict(num_sms=8), "2 streams need at least 16 SMs"),
+    (dict(fixed={"NETWORK": 8}), r"pinned shares name streams \['NETWORK'\]"),
 ])
 def test_infeasible_requests_are_clear(make_db, make_chain, kwargs, match):
     cost = TableCostModel(make_db(0))
