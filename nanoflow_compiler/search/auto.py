@@ -14,7 +14,7 @@ import networkx as nx
 
 from .cost_model import AnalyticalCostModel, TableCostModel, peaks_for
 from .errors import MissingProfileError, SearchWarning
-from .layer_graph import decoder_layer_graph, model_key
+from .layer_graph import decoder_layer_graph, model_key, shapes_from_parameters
 from .profile_db import DeviceKey, ProfileDB
 from .search import Plan, load_plan, search_bucket
 
@@ -94,3 +94,29 @@ def merge_plan_options(plans: dict[int, Plan]) -> tuple[dict, list[str]]:
         if not lead.sequential and not plan.sequential:
             options["split"].update(plan.to_options()["split"])
     return options, notes
+
+
+def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], profile_db: str | None = None,
+                 dtype_bytes: int = 2, context_len: int = 1024) -> tuple[dict | None, list[str], str]:
+    """The compiler's plan='auto' hook: (compile options, notes, plan source) from the graph's parameter shapes.
+
+    The fallback warnings come back as notes instead of being raised here, so that the compiler reports (and
+    records) each once, its own way. Options are None for graphs that are not a decoder layer form the search
+    models; the compiler's defaults then stand, and the note says why."""
+    config = shapes_from_parameters(named_shapes)
+    if config is None:
+        return None, ["plan='auto': the search models Llama-family decoder layers (fused qkv_proj and gate_up_proj, "
+                      "a paged KV cache) and this graph has none; the compiler's default plan stands"], "analytical"
+    layer = decoder_layer_graph(config, context_len, dtype_bytes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SearchWarning)
+        plans = {b: load_plan_for(config, b, profile_db, context_len, layer) for b in buckets}
+    notes = []
+    for w in caught:
+        if issubclass(w.category, SearchWarning):
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    options, merge_notes = merge_plan_options(plans)
+    source = "profile" if all(p.cost_source == "profile" for p in plans.values()) else "analytical"
+    return options, notes + merge_notes, source

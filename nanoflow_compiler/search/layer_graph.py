@@ -9,7 +9,9 @@ the compiler's DAG later (see `OpSpec.from_exprs`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import networkx as nx
 
@@ -73,10 +75,27 @@ def validate_layer_graph(graph: nx.DiGraph) -> None:
 
 
 def model_key(config) -> str:
-    """The name plans are stored under: the layer shapes, so that any checkpoint of the same shape reuses a plan."""
+    """The name plans are stored under: the layer shapes alone, so that every model of the same layer shape
+    (Llama-3-8B and Mistral-7B, any checkpoint) shares a plan, and the compiler can name it from weight shapes."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return (f"{config.model_type}-h{config.hidden_size}-i{config.intermediate_size}"
+    return (f"decoder-h{config.hidden_size}-i{config.intermediate_size}"
             f"-q{config.num_attention_heads}-kv{config.num_key_value_heads}-d{head_dim}")
+
+
+def shapes_from_parameters(named_shapes: dict[str, tuple[int, ...]]) -> SimpleNamespace | None:
+    """The config fields the layer graph needs, read from layer 0's weight and KV-cache shapes as our models name
+    them (fused qkv_proj and gate_up_proj); None for models of another form (e.g. mixture of experts)."""
+    def find(suffix: str) -> tuple[int, ...] | None:
+        pattern = re.compile(rf"(^|\.)layers\.0\.{suffix}$")
+        return next((tuple(s) for n, s in named_shapes.items() if pattern.search(n)), None)
+
+    qkv, gate_up = find(r"self_attn\.qkv_proj\.weight"), find(r"mlp\.gate_up_proj\.weight")
+    down, k_cache = find(r"mlp\.down_proj\.weight"), find(r"self_attn\.k_cache")
+    if qkv is None or gate_up is None or down is None or k_cache is None or len(k_cache) != 4:
+        return None
+    kv, d = k_cache[2], k_cache[3]
+    return SimpleNamespace(hidden_size=qkv[1], intermediate_size=down[1], num_attention_heads=(qkv[0] - 2 * kv * d) // d,
+                           num_key_value_heads=kv, head_dim=d)
 
 
 def decoder_layer_graph(config, context_len: int = 1024, dtype_bytes: int = 2, light_ops: bool = True) -> nx.DiGraph:

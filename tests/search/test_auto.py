@@ -59,3 +59,27 @@ def test_merge_plan_options_keeps_per_bucket_sizes_and_notes_conflicts(make_db, 
     plans[512] = search_bucket(layer, 512, cost, model="m", granularity=64, confirm=lambda p: 0 if p.sequential else 1)
     options, notes = merge_plan_options(plans)
     assert options["split"].keys() == {1024} and "bucket 512: its plan (sequential)" in notes[0]
+
+
+def _named_shapes(model):
+    return {n: tuple(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def test_auto_options_from_parameter_shapes_returns_fallback_notes(tiny_config):
+    from nanoflow_compiler.models import LlamaForCausalLM
+    from nanoflow_compiler.search.auto import auto_options
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the notes come back; nothing is raised here
+        options, notes, source = auto_options(_named_shapes(LlamaForCausalLM(tiny_config())), [128, 256])
+    assert source == "analytical" and any("using the analytical cost model" in n for n in notes)
+    assert options["token_buckets"] == [128, 256]
+    options_mod = pytest.importorskip("nanoflow_compiler.options")
+    options_mod.CompileOptions.from_dict(options)  # what the compiler will accept
+
+
+def test_auto_options_declines_graphs_of_another_form():
+    from nanoflow_compiler.search.auto import auto_options
+
+    options, notes, _ = auto_options({"layers.0.mlp.experts.w1": (8, 16, 4)}, [128])
+    assert options is None and "default plan stands" in notes[0]

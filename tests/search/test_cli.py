@@ -13,7 +13,7 @@ def test_analytical_search_prints_and_writes_plans(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "bucket 256: nano-batches" in text and "[analytical]" in text
     plan = json.loads(out.read_text())["256"]
-    assert plan["bucket"] == 256 and plan["cost_source"] == "analytical" and plan["model"].startswith("llama-h576")
+    assert plan["bucket"] == 256 and plan["cost_source"] == "analytical" and plan["model"].startswith("decoder-h576")
 
 
 def test_bad_buckets_are_one_clear_line(capsys):
