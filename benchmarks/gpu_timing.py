@@ -20,6 +20,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def capture(body: Callable[[], None], stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
     """Capture `body` into a graph; with `stream`, the body runs forked onto that (partition) stream and joined."""
     cap = torch.cuda.Stream()
+    cap.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(cap):  # warm-up outside capture: Triton compiles, cuBLAS creates its handles
+        if stream is None:
+            body()
+        else:
+            stream.wait_stream(cap)
+            with torch.cuda.stream(stream):
+                body()
+            cap.wait_stream(stream)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=cap):
@@ -34,10 +43,13 @@ def capture(body: Callable[[], None], stream: torch.cuda.Stream | None = None) -
     return graph
 
 
-def time_graph(graph: torch.cuda.CUDAGraph, replays: int = 10, reps: int = 5) -> float:
-    """Median milliseconds per replay (events around `replays` back-to-back replays, `reps` times)."""
-    graph.replay()
-    torch.cuda.synchronize()
+def time_graph(graph: torch.cuda.CUDAGraph, replays: int = 10, reps: int = 7, warm_ms: float = 50.0) -> float:
+    """Median milliseconds per replay (events around `replays` back-to-back replays, `reps` times), after replaying
+    for at least `warm_ms` so that clocks and caches are in their steady state."""
+    start = time.perf_counter()
+    while (time.perf_counter() - start) * 1e3 < warm_ms:
+        graph.replay()
+        torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -51,23 +63,13 @@ def time_graph(graph: torch.cuda.CUDAGraph, replays: int = 10, reps: int = 5) ->
 
 
 def time_fn(fn: Callable[[], None], stream: torch.cuda.Stream | None = None, per_graph: int = 10,
-            replays: int = 5, reps: int = 5) -> float:
+            replays: int = 5, reps: int = 7) -> float:
     """Median ms of one call of `fn`, warmed up, captured `per_graph` times into one graph on `stream`."""
-    fn() if stream is None else _on(stream, fn)
-    torch.cuda.synchronize()
-
     def body():
         for _ in range(per_graph):
             fn()
 
     return time_graph(capture(body, stream), replays, reps) / per_graph
-
-
-def _on(stream: torch.cuda.Stream, fn: Callable[[], None]) -> None:
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
 
 
 def environment() -> dict:

@@ -35,8 +35,10 @@ class AttnConfig:
     min_split_tokens: int = 256  # never split a context into pieces shorter than this
 
 
-DECODE = AttnConfig()
-PREFILL = AttnConfig(block_m=64, block_n=64, num_warps=4, stages=2)
+# Decode: 32-token tiles, 5 stages (3 tiles of K+V in flight per program, ~70 KB shared memory, 3 programs per SM),
+# so that a few SMs keep enough bytes in flight to stream the KV cache at HBM speed (H100 sweep, kernels.json).
+DECODE = AttnConfig(block_m=16, block_n=32, num_warps=4, stages=5)
+PREFILL = AttnConfig(block_m=64, block_n=32, num_warps=4, stages=4)
 
 
 def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -133,11 +135,17 @@ def paged_attn_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     bt_row = bt_ptr + tl.maximum(req, 0).to(tl.int64) * s_bt
+    # The block-table entries of the next tile are loaded one iteration ahead (plain loads): if they were loaded in
+    # the same iteration, the pipeliner makes them an async copy too and waits for *all* copies before each tile
+    # (cp.async groups complete in order), which serialises the loop. This way the K/V copies stay STAGES-2 deep.
+    j_next = lo * BLOCK_N + offs_n
+    pages = tl.load(bt_row + j_next // page_size, mask=j_next < ctx, other=0)
     for tile in tl.range(lo, hi, num_stages=STAGES):
         j = tile * BLOCK_N + offs_n
         j_ok = j < ctx
-        page = tl.load(bt_row + j // page_size, mask=j_ok, other=0)
-        base = page.to(tl.int64) * s_kb + (j % page_size) * s_kt + kvh * s_kh
+        base = pages.to(tl.int64) * s_kb + (j % page_size) * s_kt + kvh * s_kh
+        j_after = j + BLOCK_N
+        pages = tl.load(bt_row + j_after // page_size, mask=j_after < ctx, other=0)
         k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
         v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale
