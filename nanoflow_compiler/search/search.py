@@ -116,7 +116,7 @@ def _overlapped(cand: Candidate, cost: CostModel, num_sms: int, model: str, devi
 
 def search_bucket(layer: nx.DiGraph, bucket: int, cost: CostModel, *, model: str, device: str = "unknown",
                   num_sms: int | None = None, max_nano: int = 4, granularity: int = 16, top_n: int | None = None,
-                  confirm: Callable[[Plan], float] | None = None, confirm_top: int = 2,
+                  confirm: Callable[[Plan], float] | None = None, confirm_top: int = 4,
                   time_limit: float | None = None) -> Plan:
     """The best plan for one bucket: predicted by the two stages, then (with `confirm`) chosen by measurement."""
     validate_layer_graph(layer)
