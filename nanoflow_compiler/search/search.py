@@ -59,7 +59,8 @@ class Plan:
                 "sm_plan": dict(self.sm_plan), "token_buckets": [self.bucket]}
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Everything, plus the compile options spelled out, so that a stored plan reads as what it sets."""
+        return {**asdict(self), "options": self.to_options()}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":

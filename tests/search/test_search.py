@@ -42,6 +42,7 @@ def test_only_confirmed_plans_are_stored(make_db, make_chain, tmp_path):
            granularity=64, confirm=lambda p: p.predicted_s * 1.01)
     assert set(db.plans) == {plan_key("m", 512), plan_key("m", 1024)}
     plan = load_plan(db, "m", 1024)
+    assert db.plans[plan_key("m", 1024)]["options"] == plan.to_options()
     assert plan.bucket == 1024 and plan.measured_s == pytest.approx(plan.predicted_s * 1.01)
     with pytest.raises(MissingProfileError, match=r"no searched plan for model 'm' at bucket 2048 .* \[512, 1024\]"):
         load_plan(db, "m", 2048)
