@@ -1,0 +1,180 @@
+"""The `nanoflow` torch.compile backend: Dynamo graph -> ATen graph -> passes -> Schedule IR -> executor.
+
+Registered through the `torch_dynamo_backends` entry point, so `torch.compile(m, backend="nanoflow", options=...)`
+works without importing this package. Lowering traces Dynamo's graph to ATen with make_fx under Dynamo's own fake
+mode (the mode of the placeholders' example values), without autograd and without functionalization, so that the
+in-place `nanoflow::kv_append`, `nanoflow::paged_attention` and the GEMMs stay single nodes. With dynamic shapes the
+token count is a symbol, renamed `T`. A failure inside the passes (a bug, or an op we cannot express) falls back to
+running Dynamo's graph as is, with a warning: results never change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import fx
+
+from .options import CompileOptions, NanoflowOptionsError
+from .passes.context import InputInfo, NanoflowWarning, PassContext
+from .passes.pipeline import run_pipeline
+from .passes.symbolic import TOKEN, to_expr
+
+_CAPTURES: list[list] = []
+
+
+def nanoflow(gm: fx.GraphModule, example_inputs: list, options: dict | CompileOptions | None = None) -> Callable:
+    """The backend entry point Dynamo calls once per graph."""
+    compiled = compile_graph(gm, example_inputs, CompileOptions.from_dict(options))
+    for captured in _CAPTURES:
+        captured.append(compiled)
+    return compiled
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list]:
+    """Collect what the backend compiles inside the block (the CompiledSchedule objects, with their `.ir`)."""
+    compiled: list = []
+    _CAPTURES.append(compiled)
+    try:
+        yield compiled
+    finally:
+        _CAPTURES.remove(compiled)
+
+
+class EagerFallback:
+    """Dynamo's graph, run as traced, when the passes could not compile it; `reason` says why."""
+
+    def __init__(self, gm: fx.GraphModule, reason: str):
+        self.gm, self.reason, self.ir = gm, reason, None
+
+    def __call__(self, *args: Any) -> Any:
+        return self.gm(*args)
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs: list, options: CompileOptions, until: str | None = None):
+    """Lower and run the passes; returns the callable (or, with `until`, the PassContext after that pass)."""
+    aten, ctx = lower(gm, example_inputs, options)
+    try:
+        run_pipeline(aten, ctx, until)
+    except NanoflowOptionsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of ours must not change what the model computes
+        reason = f"the nanoflow passes failed ({type(e).__name__}: {e}); running the graph unsplit as traced"
+        warnings.warn(f"nanoflow: {reason}", NanoflowWarning, stacklevel=2)
+        return EagerFallback(gm, reason)
+    return ctx if until is not None else ctx.module
+
+
+def lower(gm: fx.GraphModule, example_inputs: list, options: CompileOptions) -> tuple[fx.GraphModule, PassContext]:
+    from torch._dispatch.python import enable_python_dispatcher
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    placeholders = list(gm.graph.find_nodes(op="placeholder"))
+    fakes = [p.meta["example_value"] for p in placeholders]
+    fake_mode = next((v.fake_mode for v in fakes if isinstance(v, FakeTensor)), None) or detect_fake_mode(example_inputs)
+    with fake_mode, enable_python_dispatcher(), torch.no_grad():
+        aten = make_fx(gm, tracing_mode="real", pre_dispatch=False)(*fakes)
+    aten.graph.eliminate_dead_code()
+    aten.recompile()
+    ctx = PassContext(options=options, token=1, hints={})
+    ctx.inputs = [_input_info(p, v) for p, v in zip(placeholders, fakes)]
+    _dedupe_names(ctx.inputs)
+    ctx.constants = {n.target: getattr(aten, n.target) for n in aten.graph.find_nodes(op="get_attr")}
+    ctx.device = next((v.device for v in fakes if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    _find_tokens(ctx, fakes, example_inputs)
+    if options.plan == "auto":
+        _auto_plan(ctx)
+    return aten, ctx
+
+
+def _input_info(node: fx.Node, fake: Any) -> InputInfo:
+    arg = node.meta.get("grapharg")
+    source = arg.source.name if arg is not None and arg.source is not None else node.name
+    if not isinstance(fake, torch.Tensor):
+        kind = "symint"
+    elif isinstance(fake, torch.nn.Parameter):
+        kind = "parameter"
+    elif "._buffers[" in source:
+        kind = "buffer"
+    elif arg is not None and arg.pass_arg_as_tensor:
+        kind = "scalar"
+    else:
+        kind = "input"
+    return InputInfo(clean_source_name(source), kind, source)
+
+
+def clean_source_name(source: str) -> str:
+    """L['meta'].slot_mapping -> meta.slot_mapping; module state by its path in the module (layers.0.mlp.weight)."""
+    source = re.sub(r"\.size\(\)\[(\d+)\]", r".size(\1)", source)
+    state = re.search(r"\._(modules|parameters|buffers)\[", source)
+    if state is not None:
+        source = source[state.start():]
+    source = re.sub(r"\._(?:modules|parameters|buffers)\['([^']*)'\]", r".\1", source)
+    source = re.sub(r"^[LG]\['([^']*)'\]", r"\1", source)
+    source = re.sub(r"\['([^']*)'\]|\[(\d+)\]", lambda m: "." + (m.group(1) or m.group(2)), source)
+    return source.lstrip(".")
+
+
+def _dedupe_names(inputs: list[InputInfo]) -> None:
+    seen: dict[str, int] = {}
+    for info in inputs:
+        if info.name in seen:
+            seen[info.name] += 1
+            info.name = f"{info.name}#{seen[info.name]}"
+        else:
+            seen[info.name] = 1
+
+
+def _find_tokens(ctx: PassContext, fakes: list, example_inputs: list) -> None:
+    """Token seeds (option token_inputs, else dim 0 of the user inputs as long as the first), T, symbols, hints."""
+    user = [i for i, info in enumerate(ctx.inputs) if info.kind == "input" and fakes[i].dim() > 0]
+    wanted = ctx.options.token_inputs
+    if wanted is not None:
+        by_name = {ctx.inputs[i].name: i for i in user} | {ctx.inputs[i].source: i for i in user}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise NanoflowOptionsError(f"token_inputs names {missing}, which are not tensor inputs of the graph; "
+                                       f"its inputs are: {', '.join(ctx.inputs[i].name for i in user)}")
+        seeds = [by_name[n] for n in wanted]
+    else:
+        first = fakes[user[0]].shape[0] if user else None
+        seeds = [i for i in user if _same_size(fakes[i].shape[0], first)]
+    size = to_expr(fakes[seeds[0]].shape[0], {}) if seeds else None
+    if size is not None and size.is_Symbol:
+        ctx.rename, ctx.token = {size: TOKEN}, TOKEN
+    elif size is not None and size.is_Integer:
+        ctx.token = int(size)
+    else:
+        ctx.note("nanoflow: found no token inputs with a plain token count; the graph runs unsplit")
+        seeds = []
+    ctx.seeds = {i: 0 for i in seeds}
+    for i, (fake, example) in enumerate(zip(fakes, example_inputs)):
+        dims = [(d, s) for d, s in enumerate(fake.shape)] if isinstance(fake, torch.Tensor) else [(None, fake)]
+        for d, s in dims:
+            expr = to_expr(s, ctx.rename)
+            if expr.is_Symbol and expr.name not in ctx.symbol_sources:
+                ctx.symbol_sources[expr.name] = [i, d]
+                ctx.hints[expr] = int(example.shape[d]) if d is not None else int(example.node.hint
+                                                                                 if isinstance(example, torch.SymInt)
+                                                                                 else example)
+    hint = ctx.hints.get(TOKEN, ctx.token)
+    ctx.buckets = list(ctx.options.token_buckets or [hint]) if ctx.dynamic else [ctx.token]
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    return b is not None and to_expr(a, {}) == to_expr(b, {})
+
+
+def _auto_plan(ctx: PassContext) -> None:
+    """plan='auto': a searched plan from the profile database is the search's to provide (it hooks in here);
+    until then, the analytical cost model decides, and says so."""
+    reason = ("no profile database was given (option profile_db)" if ctx.options.profile_db is None
+              else f"plans from the profile database {ctx.options.profile_db} are not wired in yet")
+    ctx.plan_source = "analytical"
+    ctx.note(f"nanoflow: plan='auto': {reason}; using the analytical cost model")

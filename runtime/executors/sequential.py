@@ -1,0 +1,57 @@
+"""The reference executor: runs a bucket plan's ops one after another in issue order, on any device.
+
+Streams and waits are ignored (issue order is a topological order of the plan), so the results are what the
+multi-stream executors must reproduce. Per call it only reads the sizes, looks up the concrete program for them
+and walks its steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+
+from ..ir import ScheduleIR
+from .base import ProgramCache, register_executor
+from .program import Program
+
+
+@register_executor
+class SequentialExecutor:
+    name: ClassVar[str] = "sequential"
+
+    def __init__(self, ir: ScheduleIR, constants: Mapping[str, torch.Tensor], **settings: Any):
+        self.ir = ir
+        self.constants = dict(constants)
+        self.programs = ProgramCache(ir)
+        self._input_names = [i.name for i in ir.signature.inputs]
+
+    @classmethod
+    def unavailable(cls, device: torch.device, settings: Mapping[str, Any]) -> str | None:
+        return None
+
+    def __call__(self, args: Sequence[Any]) -> Any:
+        program = self.programs.get(args)
+        env = dict(self.constants)
+        env.update(zip(self._input_names, args))
+        with torch.no_grad():
+            return run_program(program, env)
+
+
+def run_program(program: Program, env: dict) -> Any:
+    for step in program.steps:
+        result = step.fn(*step.args(env), **step.kwargs(env))
+        if step.copy_to:
+            parts = result if step.unpack else (result,)
+            for part, dst in zip(parts, step.copy_to):
+                if dst is not None:
+                    dst(env).copy_(part)
+        if step.unpack:
+            for name, part in zip(step.outputs, result):
+                if name is not None:
+                    env[name] = part
+        elif step.outputs and step.outputs[0] is not None:
+            env[step.outputs[0]] = result
+        for name in step.free:
+            env.pop(name, None)
+    return program.outputs(env)
