@@ -21,6 +21,7 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
+CHUNK_TOKENS = 1024  # tokens of block table held in registers at a time
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     G = Hq // Hkv
     cfg = config or (PREFILL if prefill else DECODE)
     block_m = max(cfg.block_m, triton.next_power_of_2(G))
+    block_n = max(cfg.block_n, page)  # tiles start on page boundaries, so a chunk holds whole pages
     tokens_per_program = max(1, block_m // G) if prefill else 1
     programs = triton.cdiv(T, tokens_per_program) * Hkv
     splits = max(1, min(MAX_SPLITS, triton.cdiv(num_sms * cfg.programs_per_sm, programs)))
@@ -62,10 +64,11 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
         part_o = part_lse = out
     paged_attn_kernel[(T, Hkv, splits)](
         query, k_cache, v_cache, block_tables, token_req, positions, out, part_o, part_lse,
-        T, G, page, splits, triton.cdiv(cfg.min_split_tokens, cfg.block_n), scale * LOG2E,
+        T, G, splits, triton.cdiv(cfg.min_split_tokens, block_n), scale * LOG2E,
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        D=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n, PREFILL=prefill, SPLIT=splits > 1, STAGES=cfg.stages,
+        D=D, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, CHUNK=max(CHUNK_TOKENS, block_n), PREFILL=prefill,
+        SPLIT=splits > 1, STAGES=cfg.stages,
         num_warps=cfg.num_warps, num_stages=cfg.stages,
     )
     if splits > 1:
@@ -87,10 +90,10 @@ def _owns(req_ptr, t, T, PREFILL: tl.constexpr):
 @triton.jit
 def paged_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, req_ptr, pos_ptr, out_ptr, part_o_ptr, part_lse_ptr,
-    T, G, page_size, num_splits, min_tiles, qk_scale,
+    T, G, num_splits, min_tiles, qk_scale,
     s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_ot, s_oh,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREFILL: tl.constexpr, SPLIT: tl.constexpr,
-    STAGES: tl.constexpr,
+    D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    PREFILL: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr,
 ):
     t0 = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -135,27 +138,29 @@ def paged_attn_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
     bt_row = bt_ptr + tl.maximum(req, 0).to(tl.int64) * s_bt
-    # The block-table entries of the next tile are loaded one iteration ahead (plain loads): if they were loaded in
-    # the same iteration, the pipeliner makes them an async copy too and waits for *all* copies before each tile
-    # (cp.async groups complete in order), which serialises the loop. This way the K/V copies stay STAGES-2 deep.
-    j_next = lo * BLOCK_N + offs_n
-    pages = tl.load(bt_row + j_next // page_size, mask=j_next < ctx, other=0)
-    for tile in tl.range(lo, hi, num_stages=STAGES):
-        j = tile * BLOCK_N + offs_n
-        j_ok = j < ctx
-        base = pages.to(tl.int64) * s_kb + (j % page_size) * s_kt + kvh * s_kh
-        j_after = j + BLOCK_N
-        pages = tl.load(bt_row + j_after // page_size, mask=j_after < ctx, other=0)
-        k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
-        v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(j[None, :] <= r_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    # Block-table entries come from a register copy of CHUNK tokens' worth of the table (tl.gather), not from a
+    # global load per tile: a load inside the tile loop puts a memory round trip on every iteration's critical path
+    # (the K/V addresses depend on it), which caps each program at ~one tile per 1.5 us and needs the whole GPU to
+    # saturate HBM. With the table in registers, only the K/V copies are in the loop, STAGES-2 tiles deep.
+    for c in range(lo, hi, CHUNK // BLOCK_N):
+        first_page = c * (BLOCK_N // PAGE)
+        pidx = first_page + tl.arange(0, CHUNK // PAGE)
+        chunk_pages = tl.load(bt_row + pidx, mask=pidx * PAGE < ctx, other=0)
+        for tile in tl.range(c, tl.minimum(c + CHUNK // BLOCK_N, hi), num_stages=STAGES):
+            j = tile * BLOCK_N + offs_n
+            j_ok = j < ctx
+            pages = tl.gather(chunk_pages, j // PAGE - first_page, 0)
+            base = pages.to(tl.int64) * s_kb + (j % PAGE) * s_kt + kvh * s_kh
+            k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
+            v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.where(j[None, :] <= r_pos[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     o = acc / safe_l[:, None]

@@ -60,6 +60,9 @@ def _check_caches(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
                          f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     if k_cache.stride(3) != 1:
         raise ValueError("the KV cache needs a contiguous head dimension")
+    page = k_cache.shape[1]
+    if page & (page - 1) or not 8 <= page <= 1024:
+        raise ValueError(f"KV block size {page} must be a power of two in [8, 1024] for the Triton kernels")
 
 
 def _check_attention(query, k_cache, v_cache, block_tables, token_req, positions) -> None:
