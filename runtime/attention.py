@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class AttnMetadata:
     """Per-iteration batch description the model runner builds; every per-token tensor has tokens at dim 0."""
@@ -89,25 +88,59 @@ def paged_attention_reference(
     positions: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Plain PyTorch, one request at a time: gathers the request's blocks and runs a masked softmax in float32."""
-    num_tokens, num_heads, head_dim = query.shape
-    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
-    group = num_heads // num_kv_heads
+    """Plain PyTorch in float32. Requests with one query token in the batch (decode) run together as one padded
+    batch, which keeps decode-heavy batches to a handful of ops; each longer request (a prefill chunk) runs alone."""
+    num_kv_heads = k_cache.shape[2]
     out = torch.zeros_like(query)
-    for req in torch.unique(token_req).tolist():
-        if req < 0:
-            continue
-        rows = (token_req == req).nonzero().squeeze(1)
+    valid = token_req >= 0
+    req = token_req.long().clamp(min=0)
+    counts = torch.bincount(req[valid], minlength=block_tables.shape[0])
+    decode_rows = (valid & (counts[req] == 1)).nonzero().squeeze(1)
+    if decode_rows.numel():
+        out[decode_rows] = _decode_attention(query[decode_rows], k_cache, v_cache, block_tables[req[decode_rows]],
+                                             positions[decode_rows], scale).to(query.dtype)
+    for r in (counts > 1).nonzero().squeeze(1).tolist():
+        rows = (token_req == r).nonzero().squeeze(1)
         pos = positions[rows]
-        ctx = int(pos.max()) + 1
-        blocks = block_tables[req, : (ctx + block_size - 1) // block_size].long()
-        k = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx].float()
-        v = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:ctx].float()
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-        q = query[rows].float()
-        scores = torch.einsum("thd,chd->htc", q, k) * scale
-        mask = torch.arange(ctx, device=query.device)[None, :] > pos[:, None]
-        scores.masked_fill_(mask[None], float("-inf"))
-        out[rows] = torch.einsum("htc,chd->thd", scores.softmax(-1), v).to(query.dtype)
+        k, v = _gather(k_cache, v_cache, block_tables[r : r + 1], int(pos.max()) + 1)
+        q = query[rows].float().unflatten(1, (num_kv_heads, -1))  # [n, kv_heads, group, d]: GQA without copies
+        scores = torch.einsum("nkgd,ckd->kgnc", q, k[0]) * scale
+        scores.masked_fill_(_future(pos, k.shape[1]).unsqueeze(0).unsqueeze(0), float("-inf"))
+        o = torch.einsum("kgnc,ckd->nkgd", scores.softmax(-1), v[0])
+        out[rows] = o.flatten(1, 2).to(query.dtype)
     return out
+
+
+_DECODE_CHUNK_BYTES = 256 << 20  # bound on the padded keys+values one decode chunk gathers
+
+
+def _decode_attention(q, k_cache, v_cache, tables, pos, scale) -> torch.Tensor:
+    """One query token per row; rows sorted by context length and chunked so that padding and memory stay small."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    order = pos.argsort()
+    pos_sorted = pos[order].tolist()
+    per_row = 2 * 4 * num_kv_heads * head_dim * (pos_sorted[-1] + 1)
+    chunk = max(1, _DECODE_CHUNK_BYTES // per_row)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for start in range(0, len(pos_sorted), chunk):
+        idx = order[start : start + chunk]
+        k, v = _gather(k_cache, v_cache, tables[idx], pos_sorted[min(start + chunk, len(pos_sorted)) - 1] + 1)
+        qc = q[idx].float().unflatten(1, (num_kv_heads, -1))  # [n, kv_heads, group, d]
+        scores = torch.einsum("nkgd,nckd->nkgc", qc, k) * scale
+        scores.masked_fill_(_future(pos[idx], k.shape[1])[:, None, None, :], float("-inf"))
+        out[idx] = torch.einsum("nkgc,nckd->nkgd", scores.softmax(-1), v).flatten(1, 2)
+    return out
+
+
+def _gather(k_cache, v_cache, tables, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of positions 0..ctx-1 for each row of `tables`, as float32 [rows, ctx, kv_heads, d]."""
+    block_size = k_cache.shape[1]
+    blocks = tables[:, : (ctx + block_size - 1) // block_size].long()
+    k = k_cache[blocks].flatten(1, 2)[:, :ctx].float()
+    v = v_cache[blocks].flatten(1, 2)[:, :ctx].float()
+    return k, v
+
+
+def _future(pos: torch.Tensor, ctx: int) -> torch.Tensor:
+    """[n, ctx] mask of the cache positions after each query token's own."""
+    return torch.arange(ctx, device=pos.device)[None, :] > pos[:, None]

@@ -1,0 +1,159 @@
+"""The serving engine: requests in, one scheduler -> runner -> sampler iteration per `step()`, outputs out.
+
+Every step runs one dense batch (decode tokens first, chunked prefill after), samples a token for each request whose
+scheduled tokens reach its end, detokenises incrementally and retires requests that hit EOS, a stop token or string,
+max_tokens or the context length. Bad requests are refused in `add_request`, before they touch any engine state.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .detokenizer import IncrementalDetokenizer
+from .model_runner import ModelRunner
+from .sampling import Sampler, SamplingParams, make_generator
+from .scheduler import Scheduler
+from .sequence import RequestOutput, Sequence
+
+__all__ = ["EngineConfig", "LLMEngine", "RequestOutput"]
+
+
+class LLMEngine:
+    def __init__(self, model: torch.nn.Module, tokenizer=None, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.config.validate()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.runner = ModelRunner(model, self.config)
+        self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
+                                          self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_batched_tokens, self.config.max_num_seqs)
+        self.sampler = Sampler()
+        self.eos_token_ids = _eos_ids(model.config, tokenizer)
+        self.vocab_size = model.config.vocab_size
+        self._seqs: dict[str, Sequence] = {}
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._pending: list[RequestOutput] = []  # abort notices, handed out by the next step
+        self._counters = dict(num_steps=0, num_computed_tokens=0, num_generated_tokens=0,
+                              last_num_batched_tokens=0, last_iteration_seconds=0.0)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.runner.max_model_len
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | None = None) -> None:
+        """Queue a request; raises ValueError (and changes nothing) for an invalid one."""
+        params = params or SamplingParams()
+        params.validate()
+        if request_id in self._seqs:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        try:
+            ids = [int(t) for t in prompt_token_ids]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"prompt_token_ids must be a list of integers: {e}") from e
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the context holds {self.max_model_len} "
+                             f"(max_model_len), which leaves no room for output; shorten the prompt")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this model has none; use stop_token_ids")
+        seq = Sequence(request_id, ids, params, make_generator(params.seed, self.runner.device))
+        self._seqs[request_id] = seq
+        self._detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, ids, params.stop)
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> None:
+        """Drop a request; its final output (finish_reason "abort") comes with the next step. Unknown ids are ignored."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return
+        self.scheduler.finish(seq, "abort")
+        detok = self._detokenizers.pop(request_id)
+        self._pending.append(self._output(seq, [], detok.flush(), detok.text))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._pending)
+
+    def step(self) -> list[RequestOutput]:
+        outputs, self._pending = self._pending, []
+        start = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return outputs
+        logits = self.runner.execute(batch)
+        rows = [i for i in range(len(batch)) if batch.samples(i)]
+        self.scheduler.complete(batch)
+        if rows:
+            seqs = [batch.seqs[i] for i in rows]
+            if len(rows) < len(batch):
+                logits = logits[torch.tensor(rows, device=logits.device)]
+            tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
+            outputs += [self._append(seq, token) for seq, token in zip(seqs, tokens)]
+        c = self._counters
+        c["num_steps"] += 1
+        c["num_generated_tokens"] += len(rows)
+        c["num_computed_tokens"] += batch.num_tokens
+        c["last_num_batched_tokens"] = batch.num_tokens
+        c["last_iteration_seconds"] = time.perf_counter() - start
+        return outputs
+
+    def stats(self) -> dict:
+        total = self.block_manager.num_blocks
+        free = self.block_manager.num_free_blocks
+        return dict(
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            num_free_blocks=free,
+            num_total_blocks=total,
+            kv_usage=(total - free) / total,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hit_tokens=self.block_manager.num_prefix_hit_tokens,
+            max_model_len=self.max_model_len,
+            block_size=self.config.block_size,
+            compile_backend=self.runner.compile_backend,
+            compile_fallback=self.runner.compile_fallback,
+            compile_seconds=self.runner.compile_seconds,
+            **self._counters,
+        )
+
+    def _append(self, seq: Sequence, token: int) -> RequestOutput:
+        seq.append_token(token)
+        detok = self._detokenizers[seq.request_id]
+        new_text, stop_string_hit = detok.add([token])
+        params = seq.params
+        reason = None
+        if stop_string_hit or token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            reason = "stop"
+        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            new_text += detok.flush()
+            self.scheduler.finish(seq, reason)
+            del self._seqs[seq.request_id], self._detokenizers[seq.request_id]
+        return self._output(seq, [token], new_text, detok.text)
+
+    def _output(self, seq: Sequence, new_ids: list[int], new_text: str, text: str) -> RequestOutput:
+        return RequestOutput(
+            request_id=seq.request_id, prompt_token_ids=seq.prompt_token_ids, new_token_ids=new_ids,
+            new_text=new_text, token_ids=list(seq.output_token_ids),
+            text=text, finished=seq.is_finished, finish_reason=seq.finish_reason,
+            arrival_time=seq.arrival_time, first_token_time=seq.first_token_time, finish_time=seq.finish_time,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
+
+
+def _eos_ids(model_config, tokenizer) -> set[int]:
+    """EOS ids from the model config (an int or a list) and the tokenizer."""
+    ids = model_config.eos_token_id
+    eos = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    return eos

@@ -1,0 +1,177 @@
+"""Turns a scheduled batch into the model's flat token batch, owns the KV cache and the compiled model.
+
+The runner is the only engine component that touches tensors: it sizes and allocates the paged KV cache, builds
+`input_ids`, `positions` and `AttnMetadata` for one iteration (padded to a token bucket when buckets are set),
+and calls the model, compiled with the configured torch.compile backend or eager.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .attention import AttnMetadata
+from .config import EngineConfig
+from .scheduler import ScheduledBatch
+
+log = logging.getLogger(__name__)
+
+_CPU_KV_CAP_BYTES = 1 << 30  # plenty for CPU serving (SmolLM2-135M: ~23k tokens), and quick to allocate
+_CPU_KV_RAM_SHARE = 0.25
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, config: EngineConfig):
+        self.model = model
+        self.config = config
+        first = next(model.parameters())
+        self.device = torch.device(config.device) if config.device is not None else first.device
+        self.dtype = config.dtype or first.dtype
+        self.block_size = config.block_size
+        self.buckets = sorted(set(config.token_buckets)) if config.token_buckets else None
+        self.max_model_len = self._max_model_len()
+        self.num_kv_blocks = config.num_kv_blocks or self._kv_blocks_from_memory()
+        capacity = self.num_kv_blocks * self.block_size
+        if capacity < self.max_model_len:
+            if config.max_model_len is not None:
+                warnings.warn(f"max_model_len={config.max_model_len} exceeds the KV cache ({capacity} tokens); "
+                              f"using {capacity}", stacklevel=3)
+            self.max_model_len = capacity
+        model.allocate_kv_cache(self.num_kv_blocks, self.block_size, self.dtype, self.device)
+        self.compile_backend: str | None = None
+        self.compile_fallback: str | None = None
+        self.compile_seconds = 0.0
+        self.forward = self._compile() if config.compile else model
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`."""
+        return self.forward(*self.prepare(batch))
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        token_req: list[int] = []
+        logits_indices: list[int] = []
+        bs = self.block_size
+        for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start = seq.num_computed_tokens
+            input_ids += seq.token_ids[start : start + num_new]
+            table = seq.block_table
+            for pos in range(start, start + num_new):
+                positions.append(pos)
+                slots.append(table[pos // bs] * bs + pos % bs)
+            token_req += [row] * num_new
+            logits_indices.append(len(input_ids) - 1)
+        pad = self._padded(len(input_ids)) - len(input_ids)
+        input_ids += [0] * pad
+        positions += [0] * pad
+        slots += [-1] * pad
+        token_req += [-1] * pad
+        width = max(len(seq.block_table) for seq in batch.seqs)
+        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs]
+        return self._to_device(input_ids, positions, slots, token_req, tables, logits_indices)
+
+    def _to_device(self, input_ids, positions, slots, token_req, tables, logits_indices):
+        def t(values, dtype):
+            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+        meta = AttnMetadata(
+            slot_mapping=t(slots, torch.int64),
+            token_req=t(token_req, torch.int32),
+            block_tables=t(tables, torch.int32),
+            logits_indices=t(logits_indices, torch.int64),
+        )
+        ids, pos = t(input_ids, torch.int64), t(positions, torch.int64)
+        if self.compile_backend is not None:  # the token and request dims vary between iterations
+            for tensor in (ids, pos, meta.slot_mapping, meta.token_req, meta.logits_indices):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            torch._dynamo.maybe_mark_dynamic(meta.block_tables, 0)
+            torch._dynamo.maybe_mark_dynamic(meta.block_tables, 1)
+        return ids, pos, meta
+
+    def _padded(self, num_tokens: int) -> int:
+        if self.buckets is None:
+            return num_tokens
+        return self.buckets[bisect.bisect_left(self.buckets, num_tokens)]
+
+    def _max_model_len(self) -> int:
+        limit = self.model.config.max_position_embeddings  # the rope table has no rows beyond it
+        wanted = self.config.max_model_len or limit
+        if wanted > limit:
+            raise ValueError(f"max_model_len={wanted} exceeds the model's max_position_embeddings={limit}")
+        return wanted
+
+    def _kv_blocks_from_memory(self) -> int:
+        per_token = self.model.kv_bytes_per_token(self.dtype)
+        if self.device.type == "cuda":
+            budget = self._cuda_kv_budget()
+        else:
+            wanted = self.max_model_len * self.config.max_num_seqs * per_token
+            budget = min(wanted, _CPU_KV_CAP_BYTES, int(_CPU_KV_RAM_SHARE * _available_ram()))
+        blocks = budget // (per_token * self.block_size)
+        if blocks < 1:
+            raise ValueError(f"no memory left for the KV cache (budget {budget} bytes); lower the model size or "
+                             "max_num_batched_tokens, or set num_kv_blocks")
+        return int(blocks)
+
+    def _cuda_kv_budget(self) -> int:
+        """What `kv_cache_memory_fraction` of the GPU leaves after weights, a full iteration's activations and
+        memory held outside torch (measured with one dummy iteration, as vLLM does)."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.allocate_kv_cache(1, self.block_size, self.dtype, self.device)
+        self._dummy_run(self.model, self.config.max_num_batched_tokens)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        outside_torch = total - free - torch.cuda.memory_reserved(self.device)
+        self.model.allocate_kv_cache(0, self.block_size, self.dtype, self.device)
+        torch.cuda.empty_cache()
+        return int(self.config.kv_cache_memory_fraction * total - peak - outside_torch)
+
+    @torch.inference_mode()
+    def _dummy_run(self, forward, num_tokens: int) -> None:
+        """A batch that writes nothing to the cache (slots -1) and reads only block 0."""
+        num_reqs = min(2, num_tokens)
+        token_req = [min(i, num_reqs - 1) for i in range(num_tokens)]
+        last = [0] if num_reqs == 1 else [0, num_tokens - 1]
+        n = num_tokens
+        forward(*self._to_device([0] * n, [0] * n, [-1] * n, token_req, [[0]] * num_reqs, last))
+
+    def _compile(self):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        name = self.config.backend
+        try:
+            backend = lookup_backend(name)
+        except Exception as e:  # unregistered, or its entry point fails to import
+            self.compile_fallback = f"torch.compile backend {name!r} is unavailable ({type(e).__name__}: {e})"
+            warnings.warn(f"{self.compile_fallback}; running the model eagerly", stacklevel=4)
+            return self.model
+        kwargs = {"options": self.config.compile_options} if self.config.compile_options else {}
+        compiled = torch.compile(self.model, backend=backend, dynamic=True, fullgraph=True, **kwargs)
+        self.compile_backend = name
+        start = time.perf_counter()
+        self._dummy_run(compiled, self.buckets[0] if self.buckets else 2)
+        self.compile_seconds = time.perf_counter() - start
+        log.info("compiled the model with backend %r in %.1f s", name, self.compile_seconds)
+        return compiled
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,123 @@
+"""Continuous batching with a dense token budget per iteration, as NanoFlow runs it.
+
+Each iteration fills at most `max_num_batched_tokens` tokens: every running decode token first, then chunks of the
+prefills in progress, then new requests admitted while free KV blocks last. When a running sequence needs a block
+and none is free, the newest running sequence not yet in this iteration is preempted by recompute: its blocks are
+freed and it goes back to the front of the queue (its full blocks stay in the prefix cache until evicted). The
+scheduler hands the runner plain Python objects, never tensors.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """One iteration's work: `num_new_tokens[i]` tokens of `seqs[i]`, starting at its `num_computed_tokens`."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def samples(self, i: int) -> bool:
+        """Whether row i reaches the end of its sequence this iteration, so its logits give a new token."""
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int):
+        self.block_manager = block_manager
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # oldest admission first
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        # Decode tokens first (one each), then the prefills already running, in admission order.
+        for decode_pass in (True, False):
+            for seq in list(self.running):
+                if budget == 0:
+                    break
+                if seq.status is not SequenceStatus.RUNNING or (seq.num_pending_tokens == 1) != decode_pass:
+                    continue
+                num_new = min(seq.num_pending_tokens, budget)
+                if self._reserve(seq, num_new, batch):
+                    batch.seqs.append(seq)
+                    batch.num_new_tokens.append(num_new)
+                    budget -= num_new
+        # New requests, unless this iteration had to preempt: re-admitting a victim at once would only thrash.
+        while self.waiting and budget > 0 and not batch.num_preempted and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.block_manager.match_prefix(seq)
+            num_cached = len(hits) * self.block_manager.block_size
+            num_new = min(seq.num_tokens - num_cached, budget)
+            if not self.block_manager.can_allocate(hits, num_cached + num_new):
+                break
+            self.waiting.popleft()
+            self.block_manager.allocate(seq, hits, num_cached + num_new)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+        return batch
+
+    def complete(self, batch: ScheduledBatch) -> None:
+        """The model has run `batch`: its tokens are in the cache now, and newly full blocks become reusable."""
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += num_new
+            self.block_manager.commit(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Retire a sequence (stopped, out of length, or aborted) and return its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.finish(reason)
+
+    def _reserve(self, seq: Sequence, num_new: int, batch: ScheduledBatch) -> bool:
+        """Blocks for `num_new` more tokens of a running sequence, preempting newer unscheduled ones if needed.
+        False when `seq` itself had to be preempted."""
+        while not self.block_manager.can_append(seq, num_new):
+            victims = [s for s in self.running if s is not seq and not any(s is b for b in batch.seqs)]
+            victim = victims[-1] if victims else seq
+            self._preempt(victim)
+            batch.num_preempted += 1
+            if victim is seq:
+                return False
+        self.block_manager.append(seq, num_new)
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1

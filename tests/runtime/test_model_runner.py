@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from nanoflow_compiler.models import random_model
+from nanoflow_compiler.runtime.config import EngineConfig
+from nanoflow_compiler.runtime.model_runner import ModelRunner
+from nanoflow_compiler.runtime.sampling import SamplingParams
+from nanoflow_compiler.runtime.scheduler import ScheduledBatch
+from nanoflow_compiler.runtime.sequence import Sequence
+
+
+@pytest.fixture
+def tiny(tiny_config):
+    return random_model(tiny_config(), torch.float32, "cpu")
+
+
+def seq(tokens, table, computed=0):
+    s = Sequence("r", list(tokens), SamplingParams())
+    s.block_table, s.num_computed_tokens = list(table), computed
+    return s
+
+
+def test_flat_batch_and_metadata(tiny):
+    runner = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4))
+    prefill = seq(range(10, 16), [5, 2], computed=2)  # a chunk: tokens 2..5
+    decode = seq(range(30, 39), [7, 1, 3], computed=8)  # one token at position 8
+    ids, pos, meta = runner.prepare(ScheduledBatch([prefill, decode], [4, 1]))
+    assert ids.tolist() == [12, 13, 14, 15, 38]
+    assert pos.tolist() == [2, 3, 4, 5, 8]
+    assert meta.slot_mapping.tolist() == [5 * 4 + 2, 5 * 4 + 3, 2 * 4 + 0, 2 * 4 + 1, 3 * 4 + 0]
+    assert meta.token_req.tolist() == [0, 0, 0, 0, 1]
+    assert meta.block_tables.tolist() == [[5, 2, 0], [7, 1, 3]]
+    assert meta.logits_indices.tolist() == [3, 4]
+    assert meta.token_req.dtype == torch.int32 and meta.block_tables.dtype == torch.int32
+    assert meta.slot_mapping.dtype == torch.int64
+
+
+def test_padding_to_a_token_bucket(tiny):
+    runner = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4,
+                                            max_num_batched_tokens=16, token_buckets=[4, 16, 8]))
+    ids, pos, meta = runner.prepare(ScheduledBatch([seq(range(5), [0, 1])], [5]))
+    assert len(ids) == 8
+    assert meta.slot_mapping.tolist()[5:] == [-1, -1, -1] and meta.token_req.tolist()[5:] == [-1, -1, -1]
+    padded = runner.execute(ScheduledBatch([seq(range(5), [0, 1])], [5]))
+    plain = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4))
+    torch.testing.assert_close(padded, plain.execute(ScheduledBatch([seq(range(5), [0, 1])], [5])))
+
+
+def test_buckets_must_hold_a_full_iteration():
+    with pytest.raises(ValueError, match="largest token bucket"):
+        EngineConfig(max_num_batched_tokens=64, token_buckets=[16, 32]).validate()
+
+
+def test_cpu_cache_size_defaults_from_context_and_sequences(tiny):
+    runner = ModelRunner(tiny, EngineConfig(compile=False, max_model_len=64, max_num_seqs=3, block_size=16))
+    assert runner.num_kv_blocks == 64 * 3 // 16
+    assert tiny.layers[0].self_attn.k_cache.shape == (12, 16, 2, 16)
+
+
+def test_context_is_bounded_by_the_model_and_the_cache(tiny):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        ModelRunner(tiny, EngineConfig(compile=False, max_model_len=100_000))
+    with pytest.warns(UserWarning, match="exceeds the KV cache"):
+        runner = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=4, block_size=4, max_model_len=100))
+    assert runner.max_model_len == 16
+    assert ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=4, block_size=4)).max_model_len == 16
+
+
+def test_unknown_backend_falls_back_to_eager_and_says_so(tiny):
+    with pytest.warns(UserWarning, match="no-such-backend"):
+        runner = ModelRunner(tiny, EngineConfig(compile=True, backend="no-such-backend", num_kv_blocks=4))
+    assert runner.compile_backend is None and "no-such-backend" in runner.compile_fallback
+    assert runner.forward is tiny
+
+
+def test_compiled_model_matches_eager(tiny):
+    """Dynamo's own 'eager' backend: checks that the runner's inputs trace in one graph with dynamic token dims."""
+    cfg = dict(num_kv_blocks=8, block_size=4)
+    batches = lambda: [ScheduledBatch([seq(range(7), [0, 1])], [7]),
+                       ScheduledBatch([seq(range(9), [2, 3, 4], 5), seq(range(3), [5], 2)], [4, 1])]
+    eager = ModelRunner(tiny, EngineConfig(compile=False, **cfg))
+    expected = [eager.execute(b) for b in batches()]
+    torch._dynamo.reset()
+    compiled = ModelRunner(tiny, EngineConfig(compile=True, backend="eager", **cfg))
+    assert compiled.compile_backend == "eager" and compiled.compile_fallback is None
+    for b, want in zip(batches(), expected):
+        torch.testing.assert_close(compiled.execute(b), want)
