@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
                    help="TCP port (default: 8000; 0 picks a free one and prints it)")
     s.add_argument("--api-key", default=os.environ.get("NANOFLOW_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $NANOFLOW_API_KEY; none = open)")
-    s.add_argument("--max-queued", type=_non_negative, default=256, metavar="N",
+    s.add_argument("--max-queued", type=_positive, default=256, metavar="N",
                    help="requests that may wait for their first token; more get 429 with Retry-After (default: 256)")
     s.add_argument("--max-tokens-limit", type=_positive, default=None, metavar="N",
                    help="largest max_tokens a request may ask for (default: only the context length limits it)")

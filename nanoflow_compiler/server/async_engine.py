@@ -166,7 +166,8 @@ class AsyncEngine:
         while self.num_active and self._thread.is_alive():
             await asyncio.sleep(0.05)
         self._send("stop")
-        await asyncio.to_thread(self._thread.join)
+        if self._thread.ident is not None:  # started at all (a failed app startup never starts it)
+            await asyncio.to_thread(self._thread.join)
 
     def _send(self, *cmd) -> None:
         self._cmds.put(cmd)

@@ -16,6 +16,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..llm import apply_chat_template
 from ..runtime.sampling import SamplingParams
 from .async_engine import AsyncEngine, Delta, EngineUnavailable, QueueFull, RequestStream
 from .errors import APIError, error_body
@@ -85,7 +86,7 @@ def _tokenize(prompt: str | list[int], ctx: ServingContext) -> list[int]:
     if isinstance(prompt, str):
         if ctx.tokenizer is None:
             raise APIError(400, "this model has no tokenizer: send the prompt as token ids", param="prompt")
-        ids = list(ctx.tokenizer.encode(prompt))
+        ids = list(ctx.tokenizer(prompt).input_ids)  # exactly as LLM.generate tokenizes
     else:
         ids = prompt
         bad = [t for t in ids if not 0 <= t < ctx.vocab_size]
@@ -102,10 +103,9 @@ def _apply_chat_template(req: ChatCompletionRequest, ctx: ServingContext) -> lis
         raise APIError(400, f"model '{ctx.model_name}' has no chat template: use /v1/completions", param="messages")
     messages = [{"role": m.role, "content": m.text_content()} for m in req.messages]
     try:
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return apply_chat_template(tok, messages)  # exactly as LLM.chat applies it
     except Exception as e:  # templates raise on message orders they do not support (jinja2 TemplateError)
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages") from e
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
 def _sampling_params(req, max_tokens: int | None, field: str, prompt_len: int, ctx: ServingContext) -> SamplingParams:

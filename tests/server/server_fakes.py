@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 FAKE_VOCAB = 128
 
@@ -17,6 +18,9 @@ class FakeTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [ord(c) % 96 + 32 for c in text]
+
+    def __call__(self, text: str) -> SimpleNamespace:
+        return SimpleNamespace(input_ids=self.encode(text))
 
     def apply_chat_template(self, messages, add_generation_prompt: bool, tokenize: bool) -> list[int]:
         text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt else "")
