@@ -82,15 +82,21 @@ def lower(gm: fx.GraphModule, example_inputs: list, options: CompileOptions) -> 
         aten = make_fx(gm, tracing_mode="real", pre_dispatch=False)(*fakes)
     aten.graph.eliminate_dead_code()
     aten.recompile()
-    ctx = PassContext(options=options, token=1, hints={})
-    ctx.inputs = [_input_info(p, v) for p, v in zip(placeholders, fakes)]
+    inputs = [_input_info(p, v) for p, v in zip(placeholders, fakes)]
+    return aten, make_context(aten, inputs, fakes, example_inputs, options)
+
+
+def make_context(aten: fx.GraphModule, inputs: list[InputInfo], fakes: list, example_inputs: list,
+                 options: CompileOptions) -> PassContext:
+    """What the passes start from: named inputs, token seeds and the token symbol, symbol sources, buckets."""
+    ctx = PassContext(options=options, token=1, hints={}, inputs=inputs, graph=aten)
     _dedupe_names(ctx.inputs)
     ctx.constants = {n.target: getattr(aten, n.target) for n in aten.graph.find_nodes(op="get_attr")}
     ctx.device = next((v.device for v in fakes if isinstance(v, torch.Tensor)), torch.device("cpu"))
     _find_tokens(ctx, fakes, example_inputs)
     if options.plan == "auto":
-        _auto_plan(ctx)
-    return aten, ctx
+        _auto_plan(ctx, fakes)
+    return ctx
 
 
 def _input_info(node: fx.Node, fake: Any) -> InputInfo:
@@ -171,10 +177,18 @@ def _same_size(a: Any, b: Any) -> bool:
     return b is not None and to_expr(a, {}) == to_expr(b, {})
 
 
-def _auto_plan(ctx: PassContext) -> None:
-    """plan='auto': a searched plan from the profile database is the search's to provide (it hooks in here);
-    until then, the analytical cost model decides, and says so."""
-    reason = ("no profile database was given (option profile_db)" if ctx.options.profile_db is None
-              else f"plans from the profile database {ctx.options.profile_db} are not wired in yet")
-    ctx.plan_source = "analytical"
-    ctx.note(f"nanoflow: plan='auto': {reason}; using the analytical cost model")
+def _auto_plan(ctx: PassContext, fakes: list) -> None:
+    """plan='auto': the search's plan for this graph's layer shapes (stored or searched from the profile database,
+    else from its analytical model); it decides nano_batches, split, sm_plan, overlap and token_buckets."""
+    from .search.auto import auto_options
+
+    state = {i.name: f for i, f in zip(ctx.inputs, fakes) if i.kind in ("parameter", "buffer")}
+    shapes = {n: tuple(int(s) for s in f.shape) for n, f in state.items() if all(isinstance(s, int) for s in f.shape)}
+    dtype_bytes = next((f.dtype.itemsize for f in state.values() if f.dtype.is_floating_point), 2)
+    planned, notes, ctx.plan_source = auto_options(shapes, list(ctx.buckets), ctx.options.profile_db, dtype_bytes)
+    for note in notes:
+        ctx.note(f"nanoflow: {note}")
+    if planned:
+        kept = {k: getattr(ctx.options, k) for k in ctx.options.given if k not in planned}
+        ctx.options = CompileOptions.from_dict({**planned, **kept})
+        ctx.buckets = list(ctx.options.token_buckets) if ctx.dynamic else [ctx.token]

@@ -204,7 +204,7 @@ class CompileOptions:
         acc = 0.0
         for i, f in enumerate(fractions):
             acc += f
-            cut = tokens if i == k - 1 else round(acc * tokens)
+            cut = tokens if i == k - 1 else int(acc * tokens + 0.5)
             cuts.append(min(max(cut, cuts[-1] + 1), tokens - (k - 1 - i)))
         return [b - a for a, b in zip(cuts, cuts[1:])]
 

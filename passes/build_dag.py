@@ -68,16 +68,17 @@ def _edge(dag: nx.DiGraph, u: int, v: int, kind: str) -> None:
 
 
 def transitive_reduction(dag: nx.DiGraph) -> nx.DiGraph:
-    """Drop every edge implied by a longer path. Node ids are a topological order (edges go from lower to higher
-    ids), so children visited in id order are covered by the reach of earlier ones; reach sets are int bitsets."""
+    """Drop every edge implied by a longer path. Visiting each node's children in topological order, a child
+    already reachable from an earlier one is implied; reach sets are int bitsets over topological positions."""
+    position = {u: i for i, u in enumerate(nx.topological_sort(dag))}
     reduced = nx.DiGraph(**dag.graph)
     reduced.add_nodes_from(dag.nodes(data=True))
-    reach: dict[int, int] = {}
-    for u in sorted(dag, reverse=True):
+    reach: dict = {}
+    for u in sorted(dag, key=position.__getitem__, reverse=True):
         covered = 0
-        for v in sorted(dag.successors(u)):
-            if not (covered >> v) & 1:
+        for v in sorted(dag.successors(u), key=position.__getitem__):
+            if not (covered >> position[v]) & 1:
                 reduced.add_edge(u, v, **dag.edges[u, v])
-                covered |= reach[v] | (1 << v)
+                covered |= reach[v] | (1 << position[v])
         reach[u] = covered
     return reduced

@@ -73,6 +73,7 @@ class PassContext:
     inputs: list = field(default_factory=list)  # InputInfo per placeholder, in order
     symbol_sources: dict = field(default_factory=dict)  # symbol name -> [input index, dim or None]
     constants: dict = field(default_factory=dict)  # get_attr target -> tensor
+    graph: Any = None  # the lowered ATen GraphModule the passes annotate
     device: Any = None  # where the graph runs (of its inputs)
     values: Any = None  # split_nanobatches.Values: value names, roots and token dims
     buckets: list = field(default_factory=list)

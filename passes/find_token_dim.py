@@ -76,7 +76,7 @@ def _split_or_reason(node: fx.Node, info: NodeInfo, env: TokenEnv, known: set[st
     decision = rule(node, env)
     if isinstance(decision, token_rules.Unsplit):
         return decision.reason
-    used = _used_outputs(node, len(info.shapes))
+    used = used_outputs(node, len(info.shapes))
     for i, (shape, dim) in enumerate(zip(info.shapes, decision.out_dims)):
         if shape is not None and i in used and (dim is None or env.factor(shape[dim]) is None):
             return f"has an output (#{i}) without a token dim"
@@ -89,7 +89,7 @@ def _split_or_reason(node: fx.Node, info: NodeInfo, env: TokenEnv, known: set[st
     return None
 
 
-def _used_outputs(node: fx.Node, count: int) -> set[int]:
+def used_outputs(node: fx.Node, count: int) -> set[int]:
     if count <= 1:
         return {0} if node.users else set()
     return {u.args[1] for u in node.users if u.target is operator.getitem}

@@ -19,6 +19,7 @@ from ..runtime import ir
 from .annotate_shapes import CONTEXT
 from .classify_ops import op_name
 from .context import INFO, BucketWork, PassContext
+from .find_token_dim import used_outputs
 from .symbolic import expr_str, token_factor
 from .token_rules import bound_args
 
@@ -164,11 +165,15 @@ class _Builder:
         names = self.values.names[node]
         val = node.meta.get("val")
         fakes = list(val) if isinstance(val, (list, tuple)) else [val]
-        use_out = _inplace_alias(node) is None and bool(names) and all(d is not None for d in info.token_dims)
+        inplace = _inplace_alias(node) is not None  # writes its own input: no buffer
+        use_out = not inplace and bool(names) and all(d is not None for d in info.token_dims)
         out_op = out_variant(node.target) if use_out else None
         buffers = []
+        used = used_outputs(node, len(info.shapes))
         for i, (name, shape, stride, dim) in enumerate(zip(names, info.shapes, info.strides, info.token_dims)):
-            if shape is None or (out_op is None and not any(u.args[1] == i for u in node.users) and len(names) > 1):
+            if inplace:
+                break
+            if shape is None or (out_op is None and i not in used):
                 buffers.append(None)
                 continue
             fake = fakes[i]
@@ -188,7 +193,7 @@ class _Builder:
                 target = op_name(out_op)
             else:
                 target = op_name(node.target)
-                if buffers and _inplace_alias(node) is None:
+                if buffers:
                     fields["outputs"] = [None] * len(names)
                     fields["copy_to"] = buffers
             self._emit(node, target, "compute", **fields)

@@ -80,7 +80,7 @@ def scale_cuts(cuts: list[int], tokens: int) -> list[int]:
     """The bucket's cut points scaled to `tokens`, keeping their order (equal cuts give empty nano-ops)."""
     if cuts[-1] == tokens:
         return list(cuts)
-    scaled = [round(c * tokens / cuts[-1]) for c in cuts]
+    scaled = [int(c * tokens / cuts[-1] + 0.5) for c in cuts]
     scaled[0], scaled[-1] = 0, tokens
     return scaled
 
