@@ -153,7 +153,12 @@ def _find_tokens(ctx: PassContext, fakes: list, example_inputs: list) -> None:
         seeds = [i for i in user if _same_size(fakes[i].shape[0], first)]
     size = to_expr(fakes[seeds[0]].shape[0], {}) if seeds else None
     if size is not None and size.is_Symbol:
+        # token inputs have one length by contract, even where Dynamo gave each its own symbol; the executor checks
         ctx.rename, ctx.token = {size: TOKEN}, TOKEN
+        for i in seeds:
+            other = to_expr(fakes[i].shape[0], {})
+            if other.is_Symbol:
+                ctx.rename[other] = TOKEN
     elif size is not None and size.is_Integer:
         ctx.token = int(size)
     else:
@@ -164,8 +169,8 @@ def _find_tokens(ctx: PassContext, fakes: list, example_inputs: list) -> None:
         dims = [(d, s) for d, s in enumerate(fake.shape)] if isinstance(fake, torch.Tensor) else [(None, fake)]
         for d, s in dims:
             expr = to_expr(s, ctx.rename)
-            if expr.is_Symbol and expr.name not in ctx.symbol_sources:
-                ctx.symbol_sources[expr.name] = [i, d]
+            if expr.is_Symbol:
+                ctx.symbol_sources.setdefault(expr.name, []).append([i, d])
                 ctx.hints[expr] = int(example.shape[d]) if d is not None else int(example.node.hint
                                                                                  if isinstance(example, torch.SymInt)
                                                                                  else example)

@@ -71,7 +71,7 @@ class PassContext:
     rename: dict = field(default_factory=dict)  # Dynamo's token symbol -> T
     seeds: dict = field(default_factory=dict)  # input index -> token dim
     inputs: list = field(default_factory=list)  # InputInfo per placeholder, in order
-    symbol_sources: dict = field(default_factory=dict)  # symbol name -> [input index, dim or None]
+    symbol_sources: dict = field(default_factory=dict)  # symbol name -> [[input index, dim or None], ...]
     constants: dict = field(default_factory=dict)  # get_attr target -> tensor
     graph: Any = None  # the lowered ATen GraphModule the passes annotate
     device: Any = None  # where the graph runs (of its inputs)

@@ -142,7 +142,7 @@ class Provenance:
 @dataclass
 class ScheduleIR:
     signature: Signature
-    symbols: dict  # name -> [input index, dim or None (the input is a SymInt)]
+    symbols: dict  # name -> [[input index, dim or None (the input is a SymInt)], ...]: where it is read, all equal
     constants: list
     outputs: Seq
     buckets: list

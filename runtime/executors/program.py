@@ -66,14 +66,28 @@ def returns_sequence(fn: Callable) -> bool:
 
 
 def symbol_getters(ir: ScheduleIR) -> list[tuple[str, Callable[[Sequence], int]]]:
-    """How to read each symbol off the positional inputs of a call."""
-    getters = []
-    for name, (index, dim) in ir.symbols.items():
-        if dim is None:
-            getters.append((name, lambda args, i=index: int(args[i])))
-        else:
-            getters.append((name, lambda args, i=index, d=dim: args[i].shape[d]))
-    return getters
+    """How to read each symbol off the positional inputs of a call; a symbol read from several inputs (the
+    token count of every token input) must agree across them."""
+    def read(args: Sequence, index: int, dim: int | None) -> int:
+        return int(args[index]) if dim is None else args[index].shape[dim]
+
+    def getter(name: str, sources: list) -> Callable[[Sequence], int]:
+        (index, dim), rest = sources[0], sources[1:]
+        if not rest:
+            return lambda args: read(args, index, dim)
+
+        def checked(args: Sequence) -> int:
+            value = read(args, index, dim)
+            for i, d in rest:
+                if read(args, i, d) != value:
+                    names = [ir.signature.inputs[j].name for j, _ in sources]
+                    raise ValueError(f"inputs {', '.join(names)} must have the same size {name} "
+                                     f"(got {value} and {read(args, i, d)})")
+            return value
+
+        return checked
+
+    return [(name, getter(name, sources)) for name, sources in ir.symbols.items()]
 
 
 def scale_cuts(cuts: list[int], tokens: int) -> list[int]:

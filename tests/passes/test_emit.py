@@ -13,7 +13,7 @@ def test_ir_names_inputs_symbols_and_plans_every_bucket(trace, mlp):
     ir = ctx.ir
     assert [(i.name, i.kind, i.token_dim) for i in ir.signature.inputs] == [
         ("x", "input", 0), ("w1", "parameter", None), ("w2", "parameter", None)]
-    assert ir.signature.inputs[0].shape[0] == "T" and ir.symbols["T"] == [0, 0]
+    assert ir.signature.inputs[0].shape[0] == "T" and ir.symbols["T"] == [[0, 0]]
     assert [b.tokens for b in ir.buckets] == [4, 8, 16]
     assert ir.provenance.executor == "sequential" and ir.provenance.plan_source == "analytical"
     assert ir.provenance.options["token_buckets"] == [4, 8, 16]

@@ -14,7 +14,7 @@ def small_ir() -> ir.ScheduleIR:
     bucket = ir.BucketPlan(8, [0, 4, 8], {"COMPUTE": [4, 4]}, [ir.StreamSpec(0, ["COMPUTE", "LIGHT"], 96)], [op], 1e-3)
     return ir.ScheduleIR(
         signature=ir.Signature("abc", [ir.InputSpec("x", "input", "float32", ["T", "s1"], 0)]),
-        symbols={"T": [0, 0], "s1": [0, 1]},
+        symbols={"T": [[0, 0]], "s1": [[0, 1]]},
         constants=[ir.ConstantSpec("_tensor_constant0", "float32", [0])],
         outputs=ir.Seq((ir.Ref("mm"), ir.Const(None)), True),
         buckets=[bucket],
