@@ -17,7 +17,7 @@ from nanoflow_compiler.runtime.kernels import attention_kernel, dispatch, gemm
 
 B, CTX, HQ, HKV, D, PAGE = 256, 1024, 32, 8, 128, 16
 LLAMA3_8B = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-DECODE_SWEEP = [(32, 4, 4), (32, 4, 6), (32, 8, 4), (64, 4, 4), (64, 8, 4), (64, 4, 3), (16, 4, 8)]
+DECODE_SWEEP = [(32, 4, 5), (32, 4, 4), (64, 4, 4), (64, 8, 3), (128, 4, 3)]
 GEMM_EXTRA = [gemm.GemmConfig(128, 256, 64, 3, 8, False, 0.9)]
 
 

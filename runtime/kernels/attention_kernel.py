@@ -36,9 +36,9 @@ class AttnConfig:
     min_split_tokens: int = 256  # never split a context into pieces shorter than this
 
 
-# Decode: 32-token tiles, 5 stages (3 tiles of K+V in flight per program, ~70 KB shared memory, 3 programs per SM),
+# Decode: 64-token tiles, 3 stages (one 32 KB tile of K+V in flight per program, ~70 KB of shared memory),
 # so that a few SMs keep enough bytes in flight to stream the KV cache at HBM speed (H100 sweep, kernels.json).
-DECODE = AttnConfig(block_m=16, block_n=32, num_warps=4, stages=5)
+DECODE = AttnConfig(block_m=16, block_n=64, num_warps=4, stages=3)
 PREFILL = AttnConfig(block_m=64, block_n=32, num_warps=4, stages=4)
 
 
@@ -62,9 +62,9 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
         part_lse = torch.empty((splits, T, Hq), device=query.device, dtype=torch.float32)
     else:
         part_o = part_lse = out
-    paged_attn_kernel[(T, Hkv, splits)](
+    paged_attn_kernel[(T * Hkv, splits)](
         query, k_cache, v_cache, block_tables, token_req, positions, out, part_o, part_lse,
-        T, G, splits, triton.cdiv(cfg.min_split_tokens, block_n), scale * LOG2E,
+        T, G, Hkv, splits, triton.cdiv(cfg.min_split_tokens, block_n), scale * LOG2E,
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         D=D, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, CHUNK=max(CHUNK_TOKENS, block_n), PREFILL=prefill,
@@ -90,14 +90,16 @@ def _owns(req_ptr, t, T, PREFILL: tl.constexpr):
 @triton.jit
 def paged_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, req_ptr, pos_ptr, out_ptr, part_o_ptr, part_lse_ptr,
-    T, G, num_splits, min_tiles, qk_scale,
+    T, G, Hkv, num_splits, min_tiles, qk_scale,
     s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_ot, s_oh,
     D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     PREFILL: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr,
 ):
-    t0 = tl.program_id(0)
-    kvh = tl.program_id(1)
-    split = tl.program_id(2)
+    # The KV heads of one token are adjacent programs: they read complementary 256-byte slices of the same cache
+    # pages at about the same time (DRAM locality), instead of 8 visits to each page spread over the launch.
+    t0 = tl.program_id(0) // Hkv
+    kvh = tl.program_id(0) % Hkv
+    split = tl.program_id(1)
     owned, req, prev = _owns(req_ptr, t0, T, PREFILL)
     pos0 = tl.load(pos_ptr + t0)
     rows = tl.arange(0, BLOCK_M)
@@ -145,11 +147,15 @@ def paged_attn_kernel(
     for c in range(lo, hi, CHUNK // BLOCK_N):
         first_page = c * (BLOCK_N // PAGE)
         pidx = first_page + tl.arange(0, CHUNK // PAGE)
-        chunk_pages = tl.load(bt_row + pidx, mask=pidx * PAGE < ctx, other=0)
+        if not PREFILL:
+            chunk_pages = tl.load(bt_row + pidx, mask=pidx * PAGE < ctx, other=0)
         for tile in tl.range(c, tl.minimum(c + CHUNK // BLOCK_N, hi), num_stages=STAGES):
             j = tile * BLOCK_N + offs_n
             j_ok = j < ctx
-            pages = tl.gather(chunk_pages, j // PAGE - first_page, 0)
+            if PREFILL:  # compute-bound loop: a table load per tile costs nothing here
+                pages = tl.load(bt_row + j // PAGE, mask=j_ok, other=0)
+            else:
+                pages = tl.gather(chunk_pages, j // PAGE - first_page, 0)
             base = pages.to(tl.int64) * s_kb + (j % PAGE) * s_kt + kvh * s_kh
             k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
             v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
@@ -166,7 +172,7 @@ def paged_attn_kernel(
     o = acc / safe_l[:, None]
     if SPLIT:
         lse = tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf"))
-        idx = (split * T + tok) * (tl.num_programs(1) * G) + head
+        idx = (split * T + tok) * (Hkv * G) + head
         tl.store(part_lse_ptr + idx, lse, mask=store_ok)
         tl.store(part_o_ptr + idx[:, None] * D + d[None, :], o, mask=store_ok[:, None])
     else:

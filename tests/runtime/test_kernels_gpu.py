@@ -78,6 +78,17 @@ def test_mixed_prefill_decode_and_padding(dtype, hq, hkv, d, page):
     assert rel_err(out, ref) < 1e-2
 
 
+def test_large_batch_on_a_partition_budget_takes_the_unsplit_paths():
+    """Hundreds of decode tokens over two 1024-token table chunks plus a prefill chunk: with a 36-SM budget neither
+    launch splits the KV range (the layer benchmark's nano-batches)."""
+    g = torch.Generator().manual_seed(3)
+    runs = [(int(c), 1) for c in torch.randint(900, 1100, (300,), generator=g)] + [(1008, 16)]
+    q, kc, vc, tables, req, pos = make_batch(runs, 32, 8, 128, 16, torch.bfloat16, pad=2, seed=3)
+    out = dispatch.paged_attention(q, kc, vc, tables, req, pos, 128 ** -0.5, num_sms=36)
+    torch.cuda.synchronize()
+    assert rel_err(out, paged_attention_reference(q, kc, vc, tables, req, pos, 128 ** -0.5)) < 1e-2
+
+
 def test_long_prefill_chunk_splits_kv():
     q, kc, vc, tables, req, pos = make_batch([(20000, 16)], 32, 8, 128, 16, torch.bfloat16, seed=2)
     out = dispatch.paged_attention(q, kc, vc, tables, req, pos, 128 ** -0.5)
