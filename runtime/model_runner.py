@@ -155,7 +155,10 @@ class ModelRunner:
             self.compile_fallback = f"torch.compile backend {name!r} is unavailable ({type(e).__name__}: {e})"
             warnings.warn(f"{self.compile_fallback}; running the model eagerly", stacklevel=4)
             return self.model
-        kwargs = {"options": self.config.compile_options} if self.config.compile_options else {}
+        options = dict(self.config.compile_options or {})
+        if name == "nanoflow":  # the flat batch's per-token inputs: the passes split along their dim 0
+            options.setdefault("token_inputs", ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"])
+        kwargs = {"options": options} if options else {}
         compiled = torch.compile(self.model, backend=backend, dynamic=True, fullgraph=True, **kwargs)
         self.compile_backend = name
         start = time.perf_counter()
