@@ -23,7 +23,8 @@ DEFAULT_STREAM = {COMPUTE: COMPUTE, MEMORY: MEMORY, NETWORK: NETWORK, LIGHT: COM
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One op kind: `kind` keys the profile table; FLOPs and bytes are affine in the token count for the analytical model."""
+    """One op kind: `kind` keys the profile table; FLOPs and bytes, affine in the token count, feed the analytical
+    model."""
 
     kind: str
     cls: str
@@ -42,7 +43,7 @@ class OpSpec:
         return self.bytes_fixed + self.bytes_per_token * tokens
 
     @classmethod
-    def from_exprs(cls, kind: str, op_cls: str, flops, nbytes, token_symbol) -> "OpSpec":
+    def from_exprs(cls, kind: str, op_cls: str, flops, nbytes, token_symbol) -> OpSpec:
         """From sympy expressions in the token symbol (what `annotate_shapes` gives); they must be affine in it."""
         import sympy
 
@@ -94,12 +95,13 @@ def shapes_from_parameters(named_shapes: dict[str, tuple[int, ...]]) -> SimpleNa
     if qkv is None or gate_up is None or down is None or k_cache is None or len(k_cache) != 4:
         return None
     kv, d = k_cache[2], k_cache[3]
-    return SimpleNamespace(hidden_size=qkv[1], intermediate_size=down[1], num_attention_heads=(qkv[0] - 2 * kv * d) // d,
-                           num_key_value_heads=kv, head_dim=d)
+    return SimpleNamespace(hidden_size=qkv[1], intermediate_size=down[1],
+                           num_attention_heads=(qkv[0] - 2 * kv * d) // d, num_key_value_heads=kv, head_dim=d)
 
 
 def decoder_layer_graph(config, context_len: int = 1024, dtype_bytes: int = 2, light_ops: bool = True) -> nx.DiGraph:
-    """One Llama-family decoder layer as our models write it (fused qkv and gate_up), decode attention at `context_len`."""
+    """One Llama-family decoder layer as our models write it (fused qkv and gate_up), with decode attention over
+    `context_len` cached tokens per token."""
     h, i = config.hidden_size, config.intermediate_size
     nq, nkv = config.num_attention_heads, config.num_key_value_heads
     d = getattr(config, "head_dim", None) or h // nq

@@ -13,7 +13,7 @@ from .layer_graph import validate_layer_graph
 
 
 def split_points(tokens: int, count: int, granularity: int = 16) -> list[int]:
-    """Boundaries of `count` near-equal nano-batches, each a multiple of `granularity` tokens (the last may be ragged)."""
+    """Boundaries of `count` near-equal nano-batches, multiples of `granularity` tokens (the last may be ragged)."""
     if count < 1:
         raise ValueError(f"nano-batch count must be at least 1, got {count}")
     points = [0] + [round(tokens * i / count / granularity) * granularity for i in range(1, count)] + [tokens]

@@ -9,7 +9,7 @@ each partition.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import MissingProfileError
 from .layer_graph import OpSpec

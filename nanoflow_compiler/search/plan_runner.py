@@ -9,7 +9,7 @@ layer time is the difference between replays of 2L and L layers divided by L, wh
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import networkx as nx
 
@@ -82,7 +82,7 @@ class PlanTimer:
     def _capture(self, nano: nx.DiGraph, orders: dict, streams: dict, layers: int):
         torch = self.torch
         unrolled = unrolled_issue_order(nano, orders, layers)
-        for name, d in nano.nodes(data=True):  # compile and tune each kernel for its partition before capture
+        for _, d in nano.nodes(data=True):  # compile and tune each kernel for its partition before capture
             with torch.cuda.stream(streams[d["stream"]]):
                 self._op(d["spec"], d["tokens"])()
         torch.cuda.synchronize(self.device)

@@ -35,7 +35,7 @@ class DeviceKey:
     sm_granularity: int = 8
 
     @classmethod
-    def current(cls, device_index: int = 0) -> "DeviceKey":
+    def current(cls, device_index: int = 0) -> DeviceKey:
         """The key of this process's CUDA device; profiles are per GPU, so there is no CPU key."""
         import torch
 
@@ -121,7 +121,7 @@ class ProfileDB:
         os.replace(tmp, path)
 
     @classmethod
-    def from_json(cls, data: dict, source: str = "<json>") -> "ProfileDB":
+    def from_json(cls, data: dict, source: str = "<json>") -> ProfileDB:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ProfileSchemaError(f"{source}: not a nanoflow profile database (schema field must be {SCHEMA!r})")
         if data.get("version") != SCHEMA_VERSION:
@@ -150,7 +150,7 @@ class ProfileDB:
         return db
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expect: DeviceKey | None = None, strict: bool = False) -> "ProfileDB":
+    def load(cls, path: str | os.PathLike, expect: DeviceKey | None = None, strict: bool = False) -> ProfileDB:
         """Read and validate; against `expect`, another device is an error, other versions warn (error if strict)."""
         path = Path(path)
         if not path.is_file():

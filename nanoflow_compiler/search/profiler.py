@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 import networkx as nx
 from tqdm import tqdm
@@ -87,15 +88,35 @@ def profile(layer: nx.DiGraph, buckets: list[int], db: ProfileDB, *, timer: Time
     counts = token_counts(buckets, max_nano, granularity)
     total, g = db.device.sm_count, db.device.sm_granularity
     sm_levels = coarse_to_fine(sorted(set(range(g, total + 1, g)) | {total}))
+    streams = {d["stream"] for _, d in layer.nodes(data=True)}
     pairs = [(n, m) for n in range(g, total, g) for m in range(g, total - n + 1, g)]
-    pair_levels = _pair_levels(pairs, g) if interference and len({d["stream"] for _, d in layer.nodes(data=True)}) > 1 else []
-    bar = tqdm(total=len(specs) * len(counts) * sum(map(len, sm_levels)) + sum(map(len, pair_levels)),
-               desc="profiling", unit="run", disable=not progress)
+    pair_levels = _pair_levels(pairs, g) if interference and len(streams) > 1 else []
+    corun_runs = len(streams) * (len(streams) - 1) // 2 * len(pairs) if pair_levels else 0
+    bar = tqdm(total=len(specs) * len(counts) * sum(map(len, sm_levels)) + corun_runs, desc="profiling", unit="run",
+               disable=not progress)
+    skipped = _profile_solo(db, timer, make_op, specs, counts, sm_levels, deadline, bar)
+    if pair_levels:
+        tokens = min(counts, key=lambda c: abs(c - max(buckets) / 2))  # a typical nano-batch
+        skipped += _profile_pairs(db, timer, make_op, _representatives(layer, db, tokens), tokens, pair_levels,
+                                  deadline, bar)
+    bar.close()
+    if skipped:
+        warnings.warn(f"the time budget ran out: {skipped} measurements skipped; the cost model interpolates the "
+                      f"coarser grid that was measured", SearchWarning, stacklevel=2)
+    return db
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
+def _profile_solo(db, timer, make_op, specs, counts, sm_levels, deadline, bar) -> int:
+    """Solo times, a level of SM counts at a time; the first level (the endpoints) whatever the budget."""
     skipped = 0
     for level_index, level in enumerate(sm_levels):
         for spec in specs:
             for tokens in counts:
-                if level_index and deadline and time.monotonic() > deadline:
+                if level_index and _past(deadline):
                     skipped += len(level)
                     continue
                 if all(sms in db.ops.get(spec.kind, {}).get(tokens, {}) for sms in level):
@@ -105,28 +126,27 @@ def profile(layer: nx.DiGraph, buckets: list[int], db: ProfileDB, *, timer: Time
                 for sms in level:
                     _solo(db, timer, spec, op, tokens, sms)
                     bar.update(1)
-    if pair_levels:
-        tokens = min(counts, key=lambda c: abs(c - max(buckets) / 2))  # a typical nano-batch
-        reps = _representatives(layer, db, tokens)
-        for (sa, (spec_a, cls_a)), (sb, (spec_b, cls_b)) in _stream_pairs(reps):
-            op_a, op_b = make_op(spec_a, tokens), make_op(spec_b, tokens)
-            for level in pair_levels:
-                for n, m in level:
-                    if deadline and time.monotonic() > deadline and level is not pair_levels[0]:
-                        skipped += 1
-                        continue
-                    ta, tb = timer.corun(op_a, n, op_b, m)
-                    fa = ta / _solo(db, timer, spec_a, op_a, tokens, n)
-                    fb = tb / _solo(db, timer, spec_b, op_b, tokens, m)
-                    for ca in cls_a:
-                        for cb in cls_b:
-                            db.add_interference(f"class:{ca}", n, f"class:{cb}", m, fa, fb)
-                    bar.update(1)
-    bar.close()
-    if skipped:
-        warnings.warn(f"the time budget ran out: {skipped} measurements skipped; the cost model interpolates the "
-                      f"coarser grid that was measured", SearchWarning, stacklevel=2)
-    return db
+    return skipped
+
+
+def _profile_pairs(db, timer, make_op, reps, tokens, pair_levels, deadline, bar) -> int:
+    """Co-running slowdowns of each pair of streams' representative kinds, stored per pair of op classes."""
+    skipped = 0
+    for (spec_a, cls_a), (spec_b, cls_b) in _stream_pairs(reps):
+        op_a, op_b = make_op(spec_a, tokens), make_op(spec_b, tokens)
+        for level_index, level in enumerate(pair_levels):
+            for n, m in level:
+                if level_index and _past(deadline):
+                    skipped += 1
+                    continue
+                ta, tb = timer.corun(op_a, n, op_b, m)
+                fa = ta / _solo(db, timer, spec_a, op_a, tokens, n)
+                fb = tb / _solo(db, timer, spec_b, op_b, tokens, m)
+                for ca in cls_a:
+                    for cb in cls_b:
+                        db.add_interference(f"class:{ca}", n, f"class:{cb}", m, fa, fb)
+                bar.update(1)
+    return skipped
 
 
 def _solo(db: ProfileDB, timer: Timer, spec: OpSpec, op: Op, tokens: int, sms: int) -> float:
@@ -139,7 +159,7 @@ def _solo(db: ProfileDB, timer: Timer, spec: OpSpec, op: Op, tokens: int, sms: i
 
 
 def _stream_pairs(reps: dict) -> list:
-    items = sorted(reps.items())
+    items = [reps[s] for s in sorted(reps)]
     return [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]
 
 

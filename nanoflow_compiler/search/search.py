@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import networkx as nx
 
@@ -63,7 +63,7 @@ class Plan:
         return {**asdict(self), "options": self.to_options()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Plan":
+    def from_json(cls, data: dict) -> Plan:
         if data.get("version") != PLAN_VERSION:
             raise MissingProfileError(f"stored plan has version {data.get('version')!r}, expected {PLAN_VERSION}: "
                                       f"re-run `nanoflow search`")

@@ -87,7 +87,7 @@ def improve_orders(nano: nx.DiGraph, orders: dict[str, list[str]], durations: di
     best = period(nano, orders, durations)
     for _ in range(max_passes):
         improved = False
-        for stream, order in orders.items():
+        for order in orders.values():
             for i in range(len(order) - 1):
                 if nano.has_edge(order[i], order[i + 1]):
                     continue

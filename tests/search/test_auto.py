@@ -39,7 +39,8 @@ def test_profile_without_plan_is_searched_and_one_without_the_model_falls_back(m
         warnings.simplefilter("error")
         plan = load_plan_for(tiny_config(), 512, profile_db=db, layer=layer)
     assert plan.cost_source == "profile" and any("searched the profile at compile time" in n for n in plan.notes)
-    with pytest.warns(SearchWarning, match="does not cover this model: no profile for bucket 256: op kind 'rmsnorm_residual.* never profiled"):
+    with pytest.warns(SearchWarning, match="does not cover this model: no profile for bucket 256: "
+                                           "op kind 'rmsnorm_residual.* never profiled"):
         plan = load_plan_for(tiny_config(), 256, profile_db=db, layer=decoder_layer_graph(tiny_config()))
     assert plan.cost_source == "analytical"
 
