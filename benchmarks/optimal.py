@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     roof = roofline(workload, config, peaks.flops_per_second, peaks.bytes_per_second, args.max_num_batched_tokens,
                     dtype)
     print(f"Peaks: {peaks.detail}")
-    print(f"Parameters: {params.total / 1e9:.3f}B (all, as NanoFlow counts); "
-          f"{(params.total - params.embedding) / 1e9:.3f}B without the embedding table")
+    print(f"Parameters: {params.total:,} (all, as NanoFlow counts); "
+          f"{params.total - params.embedding:,} without the embedding table")
     print(f"Optimal throughput C/(2P): {optimal:.2f} tokens/s")
     print(f"Workload roofline ({workload.name}, {len(workload.requests)} requests, "
           f"mean {workload.describe()['mean_input_len']:.0f} in / {workload.describe()['mean_output_len']:.0f} out): "
@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         out["fractions"] = {"of_optimal": tps / optimal,
                             "of_roofline_overlapped": tps / roof["overlapped_tokens_per_second"],
                             "of_roofline_sequential": tps / roof["sequential_tokens_per_second"]}
-        print(f"Measured {tps:.2f} tokens/s = {out['fractions']['of_optimal']:.4f} of optimal, "
-              f"{out['fractions']['of_roofline_overlapped']:.4f} of the overlapped roofline, "
-              f"{out['fractions']['of_roofline_sequential']:.4f} of the sequential one")
+        print(f"Measured {tps:.2f} tokens/s = {out['fractions']['of_optimal']:.4g} of optimal, "
+              f"{out['fractions']['of_roofline_overlapped']:.4g} of the overlapped roofline, "
+              f"{out['fractions']['of_roofline_sequential']:.4g} of the sequential one")
     if opts.output_json:
         from nanoflow_compiler.bench.report import write_json
 

@@ -15,6 +15,10 @@ from .datasets import DATASETS
 
 # Names only: torch is imported when an option is resolved, so that `nanoflow --help` stays fast.
 DTYPES = ("bfloat16", "float16", "float32")
+# The warm-up runs this many of the workload's shapes (prompts of another seed) for WARMUP_OUTPUT_LEN tokens each:
+# enough for the prefill batches and the decode batch shape to be compiled / first used before the clock starts.
+WARMUP_PROMPTS = 64
+WARMUP_OUTPUT_LEN = 4
 
 
 @dataclass
@@ -31,9 +35,10 @@ class BenchOptions:
     max_num_seqs: int | None = None
     compile: bool = True
     compile_options: dict | None = None
+    token_buckets: list[int] | None = None  # the engine pads each iteration to one of these (CUDA graphs)
     backend: str | None = None  # torch.compile backend for peers ("inductor"); None = the engine's default
     ignore_eos: bool = True
-    num_warmup_prompts: int | None = None  # None: num_prompts // 8, between 1 and 16
+    num_warmup_prompts: int | None = None  # None: min(num_prompts, 64)
     tflops: float | None = None
     bandwidth: float | None = None
     telemetry: bool = True
@@ -45,7 +50,7 @@ class BenchOptions:
     def warmup_prompts(self) -> int:
         if self.num_warmup_prompts is not None:
             return max(0, min(self.num_warmup_prompts, self.num_prompts))
-        return min(16, max(1, self.num_prompts // 8))
+        return min(self.num_prompts, WARMUP_PROMPTS)
 
     def resolved_device(self) -> str:
         import torch
@@ -85,10 +90,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
     p.add_argument("--compile-options", type=_json_object, default=None,
                    help='JSON options for the nanoflow backend, e.g. \'{"nano_batches": 2, "executor": "stream"}\'')
+    p.add_argument("--token-buckets", type=_int_list, default=None,
+                   help="comma-separated token counts the engine pads each iteration to, e.g. 64,128,256,512")
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="generate exactly --output-len tokens per request (default on: the prompts are random)")
     p.add_argument("--num-warmup-prompts", type=int, default=None,
-                   help="requests of the untimed warm-up run (default: num-prompts/8, between 1 and 16; 0 skips it)")
+                   help=f"requests of the untimed warm-up run, {WARMUP_OUTPUT_LEN} output tokens each "
+                        f"(default: min(num-prompts, {WARMUP_PROMPTS})); 0 skips it")
     p.add_argument("--tflops", type=float, default=None, help="peak GEMM TFLOP/s C (default: measured in this run)")
     p.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in TB/s (default: measured)")
     p.add_argument("--no-telemetry", dest="telemetry", action="store_false", help="do not sample NVML")
@@ -115,6 +123,16 @@ def _rate(text: str) -> float:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -130,6 +148,6 @@ def script_main(run, parser: argparse.ArgumentParser, argv: list[str] | None = N
     args = parser.parse_args(argv)
     try:
         return int(run(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # user input; anything else keeps its traceback
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

@@ -19,3 +19,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(preset_config("smollm2-135m", **TINY)).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def script(monkeypatch):
+    """Import a `benchmarks/...py` script as a module (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+
+    def load(relative: str):
+        path = root / relative
+        monkeypatch.syspath_prepend(str(path.parent))
+        spec = importlib.util.spec_from_file_location(f"bench_script_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -30,3 +30,20 @@ def test_bar_chart(tmp_path):
 def test_op_classes():
     assert [op_class(o) for o in ("qkv_proj", "aten.mm[1]", "paged_attention", "kv_append", "all_reduce", "rmsnorm")] == [
         "compute", "compute", "memory", "memory", "network", "light"]
+
+
+def test_records_from_a_profiler_trace():
+    from nanoflow_compiler.bench.plots import records_from_chrome_trace
+
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "kernel", "name": "void gemm_kernel<float>(int)", "ts": 1000.0, "dur": 500.0,
+         "args": {"stream": 7}},
+        {"ph": "X", "cat": "kernel", "name": "paged_attention_kernel", "ts": 1200.0, "dur": 300.0,
+         "args": {"stream": 9}},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 900.0, "dur": 50.0},
+        {"ph": "X", "cat": "kernel", "name": "late", "ts": 5000.0, "dur": 10.0, "args": {"stream": 7}},
+    ]}
+    records = records_from_chrome_trace(trace, start_ms=0.5, end_ms=2.0)
+    assert records == [("stream 7", "gemm_kernel", 1.0, 1.5), ("stream 9", "paged_attention_kernel", 1.2, 1.5)]
+    with pytest.raises(ValueError, match="no GPU kernel"):
+        records_from_chrome_trace({"traceEvents": []})
