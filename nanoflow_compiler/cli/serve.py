@@ -56,12 +56,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..server.launch import bind_socket, serve
+
+    sock = bind_socket(args.host, args.port)  # before the slow imports and load, so a taken port fails at once
+
     import torch
 
     from ..models import load_model
     from ..runtime.engine import EngineConfig, LLMEngine
     from ..server import create_app
-    from ..server.launch import bind_socket, serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -69,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
-    sock = bind_socket(args.host, args.port)  # before the slow load, so a taken port fails at once
     loaded = load_model(args.model, dtype=dtype, device=device)
     knobs = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks")
              if getattr(args, k) is not None}

@@ -33,7 +33,6 @@ class Delta:
 
     index: int
     new_text: str
-    new_token_ids: list[int]
     finished: bool
     finish_reason: str | None
     num_prompt_tokens: int
@@ -58,10 +57,6 @@ class RequestStream:
         self._queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()  # None: aborted here
         self.accepted: asyncio.Future[None] = loop.create_future()
         self._unfinished = len(request_ids)
-
-    @property
-    def finished(self) -> bool:
-        return self._unfinished == 0
 
     async def __aiter__(self) -> AsyncIterator[Delta]:
         while self._unfinished:
@@ -232,7 +227,7 @@ class AsyncEngine:
                 self.engine.add_request(rid, prompt, p)
                 added.append(rid)
                 self._subs[rid] = _Sub(stream, i, len(prompt))
-        except ValueError as e:
+        except Exception as e:  # refused (ValueError) or broke on this request: the caller gets the error, not all
             self._abort(added, notify=False)
             self._release_queued(len(prompts) - len(added))
             stream._resolve(e)
@@ -249,7 +244,7 @@ class AsyncEngine:
             if self.metrics:
                 self.metrics.finished.labels(finish_reason="abort").inc()
             if notify:
-                sub.stream._deliver(Delta(sub.index, "", [], True, "abort", sub.num_prompt_tokens, sub.num_generated))
+                sub.stream._deliver(Delta(sub.index, "", True, "abort", sub.num_prompt_tokens, sub.num_generated))
 
     def _step(self) -> None:
         t0 = time.perf_counter()
@@ -277,7 +272,7 @@ class AsyncEngine:
                 if m:
                     m.finished.labels(finish_reason=out.finish_reason or "stop").inc()
                     m.e2e_seconds.observe(now - sub.admitted_at)
-            sub.stream._deliver(Delta(sub.index, out.new_text or "", new_ids, out.finished, out.finish_reason,
+            sub.stream._deliver(Delta(sub.index, out.new_text or "", out.finished, out.finish_reason,
                                       sub.num_prompt_tokens, sub.num_generated))
 
     def _publish_stats(self) -> None:

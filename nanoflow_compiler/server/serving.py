@@ -242,7 +242,7 @@ def _chat_events(stream: RequestStream, rid: str, req: ChatCompletionRequest, ct
         return out
 
     async def chunks():
-        first = Delta(0, "", [], False, None, 0, 0)
+        first = Delta(0, "", False, None, 0, 0)
         yield chunk(DeltaMessage(role="assistant", content="")), first
         async for d in stream:
             if d.new_text:
