@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
                           max_model_len=args.max_model_len)
         ins = np.array([r.prompt_len for r in w.requests])
         outs = np.array([r.output_len for r in w.requests])
-        paper = f"{TRACE_STATS[name].input_mean:.0f}/{TRACE_STATS[name].output_mean:.0f}" if name in TRACE_STATS else "-"
+        stats = TRACE_STATS.get(name)
+        paper = f"{stats.input_mean:.0f}/{stats.output_mean:.0f}" if stats else "-"
         print(f"{name:<16}{len(ins):>9}{ins.mean():>9.1f}{np.median(ins):>8.0f}{np.percentile(ins, 99):>8.0f}"
               f"{outs.mean():>10.1f}{np.median(outs):>9.0f}{np.percentile(outs, 99):>9.0f}  {paper}")
         if args.dump:

@@ -10,10 +10,10 @@ log-normal distributions with the mean and standard deviation that the NanoFlow 
     LMSYS-Chat-1M   102 ± 169          222 ± 210
     ShareGPT        246 ± 547          322 ± 244
 
-The Splitwise row equals the statistics of `datasets/traces/splitwise.csv` in efeslab/Nanoflow exactly (19,366
-requests). Like NanoFlow's `prepare_splitwise_data.py`, lengths are capped at 3072 input / 1024 output tokens (and at
-the model's context); the distribution's location is re-solved on the drawn sample after the cap, so that each workload's
-realised means are within 0.5% of the paper's. `Workload.describe()` reports the realised values.
+The Splitwise row equals the statistics of `datasets/traces/splitwise.csv` in efeslab/Nanoflow exactly
+(19,366 requests). Like NanoFlow's `prepare_splitwise_data.py`, lengths are capped at 3072 input / 1024 output
+tokens (and at the model's context); the distribution's location is re-solved on the drawn sample after the cap,
+so that each workload's realised means are within 0.5% of the paper's. `Workload.describe()` reports them.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def make_workload(
                 f"requests of {too_long} tokens (input + output) exceed the model's context of {max_model_len} tokens"
             )
     prompts = _random_tokens(rng, ins, vocab_size, exclude_token_ids)
-    requests = [BenchRequest(p, int(o)) for p, o in zip(prompts, outs)]
+    requests = [BenchRequest(p, int(o)) for p, o in zip(prompts, outs, strict=True)]
     return Workload(dataset, requests, seed, params)
 
 

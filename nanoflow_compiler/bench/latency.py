@@ -43,7 +43,8 @@ def run_latency(opts: BenchOptions, loaded: LoadedModel | None = None) -> dict:
     device = opts.resolved_device()
     try:
         warm = runner.warm_up(engine, opts, loaded)
-        with Telemetry(int(device.split(":")[1]) if device.startswith("cuda:") else 0) as telemetry:
+        with Telemetry(int(device.split(":")[1]) if device.startswith("cuda:") else 0,
+                       enabled=opts.telemetry) as telemetry:
             per_request, duration, output_tokens = _drive(engine, workload, arrivals, opts.ignore_eos)
     finally:
         del engine
@@ -80,6 +81,8 @@ def _drive(engine, workload, arrivals: np.ndarray, ignore_eos: bool) -> tuple[li
             engine.add_request(str(next_up), list(r.prompt_token_ids), runner.sampling_params(r.output_len, ignore_eos))
             next_up += 1
         if not engine.has_unfinished_requests():
+            if next_up == n:
+                raise RuntimeError(f"the engine went idle with {n - len(done)} request(s) never reported finished")
             time.sleep(max(0.0, arrivals[next_up] - (time.perf_counter() - start)))
             continue
         outputs = engine.step()

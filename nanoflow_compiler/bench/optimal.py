@@ -181,7 +181,8 @@ def _measure_matmul(device: torch.device, dtype: torch.dtype) -> tuple[float, st
     b = torch.randn(k, n, device=device, dtype=dt)
     seconds = _best_seconds(lambda: torch.mm(a, b), device, reps)
     flops = 2 * m * k * n / seconds
-    return flops, f"C measured: torch.mm [{m}x{k}]x[{k}x{n}] {str(dt).removeprefix('torch.')} = {flops / 1e12:.1f} TFLOP/s"
+    name = str(dt).removeprefix("torch.")
+    return flops, f"C measured: torch.mm [{m}x{k}]x[{k}x{n}] {name} = {flops / 1e12:.1f} TFLOP/s"
 
 
 def _measure_copy(device: torch.device) -> tuple[float, str]:

@@ -53,7 +53,7 @@ def throughput_bar(
     outs = [s[2] if s[2] is not None else 0.0 for s in systems]
     if any(s[2] is not None for s in systems):
         ax.bar(xs, outs, width=0.4, color="#DD8452", label="output tokens/s")
-    for bar, s in zip(bars, systems):
+    for bar, s in zip(bars, systems, strict=True):
         ax.annotate(f"{s[1]:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                     fontsize=8)
     if optimal is not None and optimal <= 3 * max(s[1] for s in systems):

@@ -45,15 +45,15 @@ def special_token_ids(loaded: LoadedModel) -> tuple[int, ...]:
     return tuple(sorted({i for i in ids if isinstance(i, int) and i >= 0}))
 
 
-def build_workload(opts: BenchOptions, loaded: LoadedModel, seed: int | None = None, num: int | None = None) -> Workload:
+def build_workload(opts: BenchOptions, loaded: LoadedModel, seed: int | None = None) -> Workload:
     return make_workload(
-        opts.dataset, num or opts.num_prompts, loaded.config.vocab_size, opts.input_len, opts.output_len,
+        opts.dataset, opts.num_prompts, loaded.config.vocab_size, opts.input_len, opts.output_len,
         seed=opts.seed if seed is None else seed, max_model_len=model_max_len(loaded),
         exclude_token_ids=special_token_ids(loaded),
     )
 
 
-def engine_config(opts: BenchOptions, compile_options: dict | None = None, backend: str | None = None):
+def engine_config(opts: BenchOptions, compile_options: dict | None = None):
     """An EngineConfig from the options; fields the user did not set keep the engine's defaults."""
     from ..runtime.engine import EngineConfig
 
@@ -68,11 +68,10 @@ def engine_config(opts: BenchOptions, compile_options: dict | None = None, backe
     options = opts.compile_options if compile_options is None else compile_options
     if options:
         kwargs["compile_options"] = dict(options)
-    backend = backend or opts.backend
-    if backend is not None:
+    if opts.backend is not None:
         if "backend" not in fields:
-            raise ValueError(f"this engine cannot select a torch.compile backend (asked for {backend!r})")
-        kwargs["backend"] = backend
+            raise ValueError(f"this engine cannot select a torch.compile backend (asked for {opts.backend!r})")
+        kwargs["backend"] = opts.backend
     return EngineConfig(**kwargs)
 
 

@@ -18,7 +18,8 @@ METRICS = ("sm_clock_mhz", "memory_used_mib", "power_w", "gpu_util_pct", "memory
 class Telemetry:
     """Use as a context manager around the timed region; `summary()` afterwards gives what the JSON stores."""
 
-    def __init__(self, device_index: int = 0, interval_s: float = 0.1, nvml=None):
+    def __init__(self, device_index: int = 0, interval_s: float = 0.1, nvml=None, enabled: bool = True):
+        self.enabled = enabled
         self.device_index = device_index
         self.interval_s = interval_s
         self._nvml = nvml
@@ -29,7 +30,7 @@ class Telemetry:
         self.unavailable_reason: str | None = None
         self.device_name: str | None = None
 
-    def __enter__(self) -> "Telemetry":
+    def __enter__(self) -> Telemetry:
         self._open()
         if self._handle is not None:
             self._thread = threading.Thread(target=self._loop, name="nanoflow-telemetry", daemon=True)
@@ -48,6 +49,9 @@ class Telemetry:
                 pass
 
     def _open(self) -> None:
+        if not self.enabled:
+            self.unavailable_reason = "disabled (--no-telemetry)"
+            return
         try:
             nvml = self._nvml
             if nvml is None:

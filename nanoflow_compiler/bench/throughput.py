@@ -40,7 +40,7 @@ def run_throughput(
                 import torch
 
                 torch.cuda.reset_peak_memory_stats(device)
-            with Telemetry(_cuda_index(device)) as telemetry:
+            with Telemetry(_cuda_index(device), enabled=opts.telemetry) as telemetry:
                 run = runner.run_offline(engine, workload, opts.ignore_eos, tag="bench")
             facts = runner.engine_facts(engine, loaded, dtype)
         finally:

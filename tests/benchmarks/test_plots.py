@@ -28,8 +28,8 @@ def test_bar_chart(tmp_path):
 
 
 def test_op_classes():
-    assert [op_class(o) for o in ("qkv_proj", "aten.mm[1]", "paged_attention", "kv_append", "all_reduce", "rmsnorm")] == [
-        "compute", "compute", "memory", "memory", "network", "light"]
+    ops = ("qkv_proj", "aten.mm[1]", "paged_attention", "kv_append", "all_reduce", "rmsnorm")
+    assert [op_class(o) for o in ops] == ["compute", "compute", "memory", "memory", "network", "light"]
 
 
 def test_records_from_a_profiler_trace():

@@ -75,3 +75,10 @@ def test_no_gpu_is_reported_unavailable():
         pass
     s = t.summary()
     assert s == {"available": False, "reason": "NVML unavailable: OSError: NVML Shared Library Not Found"}
+
+
+def test_disabled_takes_no_samples():
+    nvml = FakeNVML()
+    with Telemetry(nvml=nvml, enabled=False) as t:
+        pass
+    assert t.summary() == {"available": False, "reason": "disabled (--no-telemetry)"} and nvml.calls == 0
