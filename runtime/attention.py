@@ -27,7 +27,7 @@ class AttnMetadata:
     block_tables: torch.Tensor
     logits_indices: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "AttnMetadata":
+    def to(self, device: torch.device | str) -> AttnMetadata:
         return AttnMetadata(*(t.to(device, non_blocking=True) for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:

@@ -71,7 +71,8 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> None:
-        """Drop a request; its final output (finish_reason "abort") comes with the next step. Unknown ids are ignored."""
+        """Drop a request; its final output (finish_reason "abort") comes with the next step.
+        Unknown ids are ignored."""
         seq = self._seqs.pop(request_id, None)
         if seq is None:
             return
@@ -96,7 +97,7 @@ class LLMEngine:
             if len(rows) < len(batch):
                 logits = logits[torch.tensor(rows, device=logits.device)]
             tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
-            outputs += [self._append(seq, token) for seq, token in zip(seqs, tokens)]
+            outputs += [self._append(seq, token) for seq, token in zip(seqs, tokens, strict=True)]
         c = self._counters
         c["num_steps"] += 1
         c["num_generated_tokens"] += len(rows)

@@ -46,21 +46,24 @@ class ModelRunner:
         self.compile_backend: str | None = None
         self.compile_fallback: str | None = None
         self.compile_seconds = 0.0
+        self.min_dim = 1
         self.forward = self._compile() if config.compile else model
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`."""
-        return self.forward(*self.prepare(batch))
+        return self.forward(*self.prepare(batch))[: len(batch)]
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
+        """The flat batch; padding tokens have slot -1 and token_req -1, padding rows of the block table (compiled
+        runs only) point at block 0 and their logits are dropped."""
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         token_req: list[int] = []
         logits_indices: list[int] = []
         bs = self.block_size
-        for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             input_ids += seq.token_ids[start : start + num_new]
             table = seq.block_table
@@ -69,13 +72,15 @@ class ModelRunner:
                 slots.append(table[pos // bs] * bs + pos % bs)
             token_req += [row] * num_new
             logits_indices.append(len(input_ids) - 1)
-        pad = self._padded(len(input_ids)) - len(input_ids)
+        pad = self._padded(max(len(input_ids), self.min_dim)) - len(input_ids)
         input_ids += [0] * pad
         positions += [0] * pad
         slots += [-1] * pad
         token_req += [-1] * pad
-        width = max(len(seq.block_table) for seq in batch.seqs)
+        width = max(self.min_dim, *(len(seq.block_table) for seq in batch.seqs))
         tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs]
+        tables += [[0] * width] * (self.min_dim - len(tables))
+        logits_indices += [0] * (self.min_dim - len(logits_indices))
         return self._to_device(input_ids, positions, slots, token_req, tables, logits_indices)
 
     def _to_device(self, input_ids, positions, slots, token_req, tables, logits_indices):
@@ -88,18 +93,11 @@ class ModelRunner:
             block_tables=t(tables, torch.int32),
             logits_indices=t(logits_indices, torch.int64),
         )
-        ids, pos = t(input_ids, torch.int64), t(positions, torch.int64)
-        if self.compile_backend is not None:  # the token and request dims vary between iterations
-            for tensor in (ids, pos, meta.slot_mapping, meta.token_req, meta.logits_indices):
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
-            torch._dynamo.maybe_mark_dynamic(meta.block_tables, 0)
-            torch._dynamo.maybe_mark_dynamic(meta.block_tables, 1)
-        return ids, pos, meta
+        return t(input_ids, torch.int64), t(positions, torch.int64), meta
 
     def _padded(self, num_tokens: int) -> int:
-        if self.buckets is None:
-            return num_tokens
-        return self.buckets[bisect.bisect_left(self.buckets, num_tokens)]
+        i = bisect.bisect_left(self.buckets, num_tokens) if self.buckets else 0
+        return self.buckets[i] if self.buckets and i < len(self.buckets) else num_tokens
 
     def _max_model_len(self) -> int:
         limit = self.model.config.max_position_embeddings  # the rope table has no rows beyond it
@@ -138,12 +136,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _dummy_run(self, forward, num_tokens: int) -> None:
-        """A batch that writes nothing to the cache (slots -1) and reads only block 0."""
-        num_reqs = min(2, num_tokens)
+        """A batch that writes nothing to the cache (slots -1) and reads only block 0.
+
+        Its token count, request count and block-table width differ from each other and from 1, so that Dynamo
+        gives each its own symbol (equal sizes would share one, and sizes 0 and 1 are specialised)."""
+        num_reqs, width = [v for v in (2, 3, 4, 5) if v != num_tokens][:2] if num_tokens > 2 else (1, 2)
         token_req = [min(i, num_reqs - 1) for i in range(num_tokens)]
-        last = [0] if num_reqs == 1 else [0, num_tokens - 1]
+        last = [token_req.index(r) for r in range(num_reqs)]
         n = num_tokens
-        forward(*self._to_device([0] * n, [0] * n, [-1] * n, token_req, [[0]] * num_reqs, last))
+        forward(*self._to_device([0] * n, [0] * n, [-1] * n, token_req, [[0] * width] * num_reqs, last))
 
     def _compile(self):
         from torch._dynamo.backends.registry import lookup_backend
@@ -159,10 +160,15 @@ class ModelRunner:
         if name == "nanoflow":  # the flat batch's per-token inputs: the passes split along their dim 0
             options.setdefault("token_inputs", ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"])
         kwargs = {"options": options} if options else {}
+        # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
+        # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).
         compiled = torch.compile(self.model, backend=backend, dynamic=True, fullgraph=True, **kwargs)
         self.compile_backend = name
+        # Dynamo specialises sizes 1 (and 0), so a batch of one token, one request or a one-block table would
+        # compile a graph of its own; padding every such dimension to 2 keeps a single graph.
+        self.min_dim = 2
         start = time.perf_counter()
-        self._dummy_run(compiled, self.buckets[0] if self.buckets else 2)
+        self._dummy_run(compiled, self._padded(2) if self.buckets else 8)
         self.compile_seconds = time.perf_counter() - start
         log.info("compiled the model with backend %r in %.1f s", name, self.compile_seconds)
         return compiled

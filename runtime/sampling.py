@@ -39,7 +39,8 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field; the engine calls this before queuing a request."""
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
@@ -78,7 +79,7 @@ class Sampler:
             logits = apply_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
         noise = torch.ones_like(probs)
-        for row, (p, gen) in enumerate(zip(params, generators)):
+        for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
             if not p.greedy:
                 noise[row].exponential_(generator=gen)
         noise.clamp_(min=torch.finfo(noise.dtype).tiny)  # a zero draw would turn a masked token's 0/0 into NaN

@@ -87,7 +87,7 @@ class Scheduler:
 
     def complete(self, batch: ScheduledBatch) -> None:
         """The model has run `batch`: its tokens are in the cache now, and newly full blocks become reusable."""
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += num_new
             self.block_manager.commit(seq)
 

@@ -13,7 +13,7 @@ GREEDY = dict(temperature=0.0, ignore_eos=True)
 def run(engine, prompts, params):
     """Add every prompt, step to the end; returns the final output of each, in order, and all streamed outputs."""
     params = params if isinstance(params, list) else [params] * len(prompts)
-    for i, (p, sp) in enumerate(zip(prompts, params)):
+    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
         engine.add_request(f"req-{i}", p, sp)
     final, streamed = {}, []
     while engine.has_unfinished_requests():
@@ -62,7 +62,7 @@ def test_greedy_matches_hugging_face_token_for_token(smollm2):
     engine = LLMEngine(smollm2.model, tok, EngineConfig(compile=False))
     ours, _ = run(engine, prompts, SamplingParams(max_tokens=32, **GREEDY))
     with torch.inference_mode():
-        for prompt, out in zip(prompts, ours):
+        for prompt, out in zip(prompts, ours, strict=True):
             assert out.token_ids == hf_greedy(hf, prompt, 32), tok.decode(prompt)
     assert "Paris" in ours[0].text
 
@@ -86,7 +86,7 @@ def test_batch_with_chunked_prefill_and_preemption_matches_each_request_alone(sm
     assert stats["num_preemptions"] > 0
     assert stats["last_num_batched_tokens"] <= 16
     assert [o.token_ids for o in together] == alone
-    for i, o in enumerate(together):  # the stream of each request adds up to its final output
+    for o in together:  # the stream of each request adds up to its final output
         parts = [s for s in streamed if s.request_id == o.request_id]
         assert sum((s.new_token_ids for s in parts), []) == o.token_ids
         assert "".join(s.new_text for s in parts) == o.text
@@ -138,7 +138,8 @@ def test_stop_string_truncates_the_text(smollm2):
 def tiny_engine(tiny_config):
     def make(**config):
         model = random_model(tiny_config(eos_token_id=3), torch.float32, "cpu")
-        return LLMEngine(model, None, EngineConfig(**{"compile": False, "num_kv_blocks": 32, "block_size": 4, **config}))
+        config = {"compile": False, "num_kv_blocks": 32, "block_size": 4, **config}
+        return LLMEngine(model, None, EngineConfig(**config))
 
     return make
 
@@ -210,3 +211,15 @@ def test_stats_report_the_iteration(tiny_engine):
     assert s["num_steps"] == 4  # 20 prompt tokens in chunks of 8, then one decode
     assert s["num_generated_tokens"] == 2 and s["num_computed_tokens"] == 21
     assert s["last_iteration_seconds"] > 0
+
+
+def test_compiled_engine_gives_the_eager_tokens(tiny_engine):
+    """The default backend (nanoflow, or eager with a recorded fallback while it is missing) changes no token."""
+    prompts = [[1, 2, 3], [4] * 20, [7, 8]]
+    params = SamplingParams(max_tokens=8, **GREEDY)
+    eager, _ = run(tiny_engine(max_num_batched_tokens=16), prompts, params)
+    engine = tiny_engine(max_num_batched_tokens=16, compile=True)
+    compiled, _ = run(engine, prompts, params)
+    assert [o.token_ids for o in compiled] == [o.token_ids for o in eager]
+    stats = engine.stats()
+    assert (stats["compile_backend"] == "nanoflow") != (stats["compile_fallback"] is not None)

@@ -76,12 +76,15 @@ def test_unknown_backend_falls_back_to_eager_and_says_so(tiny):
 def test_compiled_model_matches_eager(tiny):
     """Dynamo's own 'eager' backend: checks that the runner's inputs trace in one graph with dynamic token dims."""
     cfg = dict(num_kv_blocks=8, block_size=4)
-    batches = lambda: [ScheduledBatch([seq(range(7), [0, 1])], [7]),
-                       ScheduledBatch([seq(range(9), [2, 3, 4], 5), seq(range(3), [5], 2)], [4, 1])]
+
+    def batches():
+        return [ScheduledBatch([seq(range(7), [0, 1])], [7]),
+                ScheduledBatch([seq(range(9), [2, 3, 4], 5), seq(range(3), [5], 2)], [4, 1])]
+
     eager = ModelRunner(tiny, EngineConfig(compile=False, **cfg))
     expected = [eager.execute(b) for b in batches()]
     torch._dynamo.reset()
     compiled = ModelRunner(tiny, EngineConfig(compile=True, backend="eager", **cfg))
     assert compiled.compile_backend == "eager" and compiled.compile_fallback is None
-    for b, want in zip(batches(), expected):
+    for b, want in zip(batches(), expected, strict=True):
         torch.testing.assert_close(compiled.execute(b), want)

@@ -36,7 +36,10 @@ def test_top_k_keeps_the_k_largest():
 def test_top_p_keeps_the_smallest_nucleus_reaching_p():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     logits = probs.log()
-    kept = lambda p: torch.isfinite(apply_top_k_top_p(logits, torch.tensor([4]), torch.tensor([p]))).tolist()[0]
+
+    def kept(p):
+        return torch.isfinite(apply_top_k_top_p(logits, torch.tensor([4]), torch.tensor([p]))).tolist()[0]
+
     assert kept(0.5) == [True, False, False, False]
     assert kept(0.6) == [True, True, False, False]
     assert kept(0.81) == [True, True, True, False]

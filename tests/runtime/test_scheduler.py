@@ -17,7 +17,7 @@ def add(sched, rid, n):
 def step(sched):
     """One iteration as the engine runs it, with token 7 as every sampled token."""
     batch = sched.schedule()
-    plan = {s.request_id: n for s, n in zip(batch.seqs, batch.num_new_tokens)}
+    plan = {s.request_id: n for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)}
     sampled = [s for i, s in enumerate(batch.seqs) if batch.samples(i)]
     sched.complete(batch)
     for s in sampled:
@@ -80,7 +80,9 @@ def test_admission_waits_for_free_blocks():
 
 def test_preemption_evicts_the_newest_and_requeues_it_at_the_front():
     sched = make(num_blocks=6, block_size=4, budget=64)
-    a, b, c = add(sched, "a", 8), add(sched, "b", 7), add(sched, "c", 3)
+    add(sched, "a", 8)
+    add(sched, "b", 7)
+    c = add(sched, "c", 3)
     step(sched)  # a: 2 blocks, b: 2, c: 1 -> 5 of 6 used
     d = add(sched, "d", 2)
     step(sched)  # a's 9th token takes the last free block; b and c decode in place; d cannot be admitted
