@@ -12,6 +12,7 @@ narrowing factors are integer expressions over named symbols (`T` is the token c
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import operator
@@ -244,6 +245,7 @@ _CALLS = {"Max": max, "Min": min, "floor": math.floor, "ceiling": math.ceil, "Fl
           "sqrt": math.sqrt, "Abs": abs, "TruncToInt": int, "IntTrueDiv": operator.truediv}
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_expr(text: str) -> Callable[[dict], Any]:
     """An expression string (sympy's printing of sizes) as a function of a symbol binding; no eval()."""
     try:
