@@ -57,6 +57,10 @@ class EagerFallback:
 
 def compile_graph(gm: fx.GraphModule, example_inputs: list, options: CompileOptions, until: str | None = None):
     """Lower and run the passes; returns the callable (or, with `until`, the PassContext after that pass)."""
+    if options.schedule is not None and until is None:  # an exported artifact's schedule: no passes, no search
+        from .artifact.schedule import bind_stored
+
+        return bind_stored(gm, example_inputs, options)
     aten, ctx = lower(gm, example_inputs, options)
     try:
         run_pipeline(aten, ctx, until)
@@ -77,7 +81,9 @@ def lower(gm: fx.GraphModule, example_inputs: list, options: CompileOptions) -> 
 
     placeholders = list(gm.graph.find_nodes(op="placeholder"))
     fakes = [p.meta["example_value"] for p in placeholders]
-    fake_mode = next((v.fake_mode for v in fakes if isinstance(v, FakeTensor)), None) or detect_fake_mode(example_inputs)
+    # the placeholders' fake values belong to Dynamo's own mode (the tracing context holds a fresh one for backends)
+    fake_mode = next((v.fake_mode for v in fakes if isinstance(v, FakeTensor)), None)
+    fake_mode = fake_mode or detect_fake_mode(example_inputs)
     with fake_mode, enable_python_dispatcher(), torch.no_grad():
         aten = make_fx(gm, tracing_mode="real", pre_dispatch=False)(*fakes)
     aten.graph.eliminate_dead_code()

@@ -33,8 +33,9 @@ class CompileOptions:
     cuda_graphs: bool | None = None  # None: the executor decides
     plan: str | None = None  # "auto": a searched or stored plan (profile database), else the analytical model
     profile_db: str | None = None
-    token_inputs: list | None = None  # input names whose dim 0 is the token dim, e.g. ["input_ids", "meta.slot_mapping"]
+    token_inputs: list | None = None  # names of inputs whose dim 0 is the token dim: ["input_ids", "meta.slot_mapping"]
     overlap: bool = True  # False: one stream, no nano-batches (the baseline)
+    schedule: str | None = None  # an exported artifact's schedule.json (or directory): bound as stored, no passes
     given: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
@@ -72,14 +73,17 @@ class CompileOptions:
                 raise NanoflowOptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
             raise NanoflowOptionsError(f"cuda_graphs must be True, False or None, got {self.cuda_graphs!r}")
-        if self.profile_db is not None and not isinstance(self.profile_db, str):
-            raise NanoflowOptionsError(f"profile_db must be a path string, got {self.profile_db!r}")
+        for name in ("profile_db", "schedule"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise NanoflowOptionsError(f"{name} must be a path string, got {getattr(self, name)!r}")
         if self.token_inputs is not None and (not isinstance(self.token_inputs, (list, tuple)) or not self.token_inputs
                                               or not all(isinstance(n, str) and n for n in self.token_inputs)):
-            raise NanoflowOptionsError(f"token_inputs must be a non-empty list of input names, got {self.token_inputs!r}")
+            raise NanoflowOptionsError(f"token_inputs must be a non-empty list of input names, "
+                                       f"got {self.token_inputs!r}")
         if self.token_buckets is not None:
             if not isinstance(self.token_buckets, (list, tuple)) or not self.token_buckets:
-                raise NanoflowOptionsError(f"token_buckets must be a non-empty list of token counts, got {self.token_buckets!r}")
+                raise NanoflowOptionsError(f"token_buckets must be a non-empty list of token counts, "
+                                           f"got {self.token_buckets!r}")
             for b in self.token_buckets:
                 _check_int("token_buckets entry", b)
             self.token_buckets = sorted(set(self.token_buckets))

@@ -20,13 +20,6 @@ from .symbolic import expr_str
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    placeholders = list(gm.graph.find_nodes(op="placeholder"))
-    inputs = []
-    for index, (node, spec) in enumerate(zip(placeholders, ctx.inputs)):
-        info = node.meta[INFO]
-        tensor = bool(info.shapes)
-        inputs.append(ir.InputSpec(spec.name, spec.kind, _dtype(info.dtypes[0]) if tensor else None,
-                                   [expr_str(s) for s in info.shapes[0]] if tensor else None, ctx.seeds.get(index)))
     constants = [ir.ConstantSpec(name, _dtype(t.dtype), list(t.shape)) for name, t in ctx.constants.items()]
     output = gm.graph.find_nodes(op="output")[0]
     outputs = _output_arg(output.args[0], ctx)
@@ -37,9 +30,8 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         buckets.append(ir.BucketPlan(tokens, list(work.cuts), {c: list(s) for c, s in work.sizes.items()},
                                      work.streams, [by_id[i] for i in work.order], work.predicted_s))
     ctx.flush_warnings()
-    graph_hash = hashlib.sha256((gm.code + repr([(i.name, i.dtype, i.shape) for i in inputs])).encode()).hexdigest()
     ctx.ir = ir.ScheduleIR(
-        signature=ir.Signature(graph_hash[:16], inputs, None if ctx.dynamic else int(ctx.token)),
+        signature=signature(gm, ctx),
         symbols=dict(ctx.symbol_sources),
         constants=constants,
         outputs=outputs,
@@ -52,6 +44,19 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
     if reason is not None and ctx.options.executor != "auto":
         warnings.warn(f"nanoflow: {reason}", NanoflowWarning, stacklevel=2)
     return gm
+
+
+def signature(gm: fx.GraphModule, ctx: PassContext) -> ir.Signature:
+    """The graph's inputs and a hash of its code (needs only annotate_shapes): what a stored schedule is checked
+    against before an exported artifact binds it to a freshly traced graph."""
+    inputs = []
+    for index, (node, spec) in enumerate(zip(gm.graph.find_nodes(op="placeholder"), ctx.inputs)):
+        info = node.meta[INFO]
+        tensor = bool(info.shapes)
+        inputs.append(ir.InputSpec(spec.name, spec.kind, _dtype(info.dtypes[0]) if tensor else None,
+                                   [expr_str(s) for s in info.shapes[0]] if tensor else None, ctx.seeds.get(index)))
+    graph_hash = hashlib.sha256((gm.code + repr([(i.name, i.dtype, i.shape) for i in inputs])).encode()).hexdigest()
+    return ir.Signature(graph_hash[:16], inputs, None if ctx.dynamic else int(ctx.token))
 
 
 def _dtype(dtype: torch.dtype) -> str:

@@ -81,7 +81,7 @@ def _inplace_alias(node: fx.Node) -> fx.Node | None:
     alias = schema.returns[0].alias_info
     if alias is None or not alias.is_write:
         return None
-    for i, arg in enumerate(schema.arguments):
+    for arg in schema.arguments:
         if arg.alias_info is not None and arg.alias_info.before_set == alias.before_set:
             return bound_args(node)[arg.name]
     return None

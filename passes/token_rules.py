@@ -74,7 +74,8 @@ def bound_args(node: fx.Node) -> dict[str, Any]:
 def tensor_args(node: fx.Node, env: TokenEnv) -> list[tuple[Path, fx.Node]]:
     out = []
     for name, value in bound_args(node).items():
-        items = [((name,), value)] if not isinstance(value, (list, tuple)) else [((name, j), v) for j, v in enumerate(value)]
+        many = isinstance(value, (list, tuple))
+        items = [((name, j), v) for j, v in enumerate(value)] if many else [((name,), value)]
         out += [(p, v) for p, v in items if isinstance(v, fx.Node) and env.shape(v) is not None]
     return out
 
@@ -150,11 +151,11 @@ def norm(node: fx.Node, env: TokenEnv) -> Split | Unsplit:
 
 
 def _only_token_operand(node: fx.Node, env: TokenEnv, x: fx.Node, td: int, outs: list) -> Split | Unsplit:
-    for path, a in tensor_args(node, env):
-        if a is not x and env.td(a) is not None:
-            return Unsplit("a second operand carries the token dim")
-    (path,) = [p for p, a in tensor_args(node, env) if a is x][:1]
-    return Split({path: td}, outs)
+    """Split along `x` alone; the other operands (weights, biases) must be free of tokens."""
+    args = tensor_args(node, env)
+    if any(a is not x and env.td(a) is not None for _, a in args):
+        return Unsplit("a second operand carries the token dim")
+    return Split({next(p for p, a in args if a is x): td}, outs)
 
 
 @register_token_rule("aten.constant_pad_nd")

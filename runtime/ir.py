@@ -157,7 +157,8 @@ class ScheduleIR:
     def from_json(cls, text: str) -> "ScheduleIR":
         data = json.loads(text)
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"Schedule IR version {data.get('version')!r} is not supported (expected {FORMAT_VERSION})")
+            raise ValueError(f"Schedule IR version {data.get('version')!r} is not supported "
+                             f"(expected {FORMAT_VERSION})")
         return _decode_ir(data)
 
     def bucket(self, tokens: int) -> BucketPlan:

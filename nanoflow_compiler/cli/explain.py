@@ -26,14 +26,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokens", type=int, default=1024, help="tokens in the iteration's batch (default 1024)")
     p.add_argument("--requests", type=int, default=None, help="requests in the batch (default: min(tokens, 64))")
     p.add_argument("--nano-batches", type=int, default=None, help="nano-batches for every op class")
-    p.add_argument("--options", default=None, metavar="JSON", help='compile options, e.g. \'{"sm_plan": {"COMPUTE": 96}}\'')
+    p.add_argument("--options", default=None, metavar="JSON",
+                   help='compile options, e.g. \'{"sm_plan": {"COMPUTE": 96}}\'')
     p.add_argument("--layer", type=int, default=0, help="the layer to show in detail (default 0)")
     p.add_argument("--num-layers", type=int, default=None, help="override the model's layer count (faster)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--artifact", default=None, metavar="DIR",
+                   help="show the schedule stored in `nanoflow export`'s artifact (--tokens picks the bucket)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.artifact:
+        from ..artifact.explain import explain_artifact
+
+        print("\n".join(explain_artifact(args.artifact, args.tokens, args.layer)))
+        return 0
     options = json.loads(args.options) if args.options else {}
     if not isinstance(options, dict):
         raise ValueError(f"--options must be a JSON object, got {args.options!r}")

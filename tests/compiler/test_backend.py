@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import transformers
-from conftest import mixed_batch
+from compiler_batches import mixed_batch
 
 from nanoflow_compiler import backend
 from nanoflow_compiler.passes.context import NanoflowWarning

@@ -1,6 +1,6 @@
 import sympy
 import torch
-from conftest import kv_layer, node_info
+from passes_graphs import kv_layer, node_info
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from nanoflow_compiler.backend import make_context

@@ -1,6 +1,6 @@
 import networkx as nx
 import torch
-from conftest import kv_layer, projected_attention
+from passes_graphs import kv_layer, projected_attention
 
 from nanoflow_compiler.passes.build_dag import transitive_reduction
 

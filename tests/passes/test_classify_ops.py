@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.distributed._functional_collectives  # noqa: F401  (registers the _c10d_functional ops)
-from conftest import kv_layer, node_info
+from passes_graphs import kv_layer, node_info
 
 from nanoflow_compiler.passes.classify_ops import op_class, register_op_class
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import kv_layer
+from passes_graphs import kv_layer
 
 from nanoflow_compiler.passes.context import NanoflowWarning
 from nanoflow_compiler.runtime.executors.sequential import SequentialExecutor

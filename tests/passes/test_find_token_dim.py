@@ -2,7 +2,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import kv_layer, node_info
+from passes_graphs import kv_layer, node_info
 
 from nanoflow_compiler.passes.context import INFO, NanoflowWarning
 

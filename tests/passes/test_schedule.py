@@ -1,7 +1,7 @@
 import networkx as nx
 import pytest
 import torch
-from conftest import projected_attention
+from passes_graphs import projected_attention
 
 from nanoflow_compiler.passes.schedule import list_schedule
 

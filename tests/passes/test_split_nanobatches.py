@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kv_layer
+from passes_graphs import kv_layer
 
 from nanoflow_compiler.runtime import ir
 
