@@ -83,7 +83,7 @@ def lower(gm: fx.GraphModule, example_inputs: list, options: CompileOptions) -> 
     fakes = [p.meta["example_value"] for p in placeholders]
     # the placeholders' fake values belong to Dynamo's own mode (the tracing context holds a fresh one for backends)
     fake_mode = next((v.fake_mode for v in fakes if isinstance(v, FakeTensor)), None)
-    fake_mode = fake_mode or detect_fake_mode(example_inputs)
+    fake_mode = fake_mode or detect_fake_mode(example_inputs) or contextlib.nullcontext()
     with fake_mode, enable_python_dispatcher(), torch.no_grad():
         aten = make_fx(gm, tracing_mode="real", pre_dispatch=False)(*fakes)
     aten.graph.eliminate_dead_code()
@@ -100,6 +100,8 @@ def make_context(aten: fx.GraphModule, inputs: list[InputInfo], fakes: list, exa
     ctx.constants = {n.target: getattr(aten, n.target) for n in aten.graph.find_nodes(op="get_attr")}
     ctx.device = next((v.device for v in fakes if isinstance(v, torch.Tensor)), torch.device("cpu"))
     _find_tokens(ctx, fakes, example_inputs)
+    if torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in example_inputs):
+        ctx.note("nanoflow: this is an inference backend: its outputs carry no autograd graph")
     if options.plan == "auto":
         _auto_plan(ctx, fakes)
     return ctx

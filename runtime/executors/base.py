@@ -4,6 +4,14 @@ An executor is built from the IR and the graph's constants, and called with the 
 (parameters included, as Dynamo passes them); it returns the graph's outputs. Executors that need a device
 (streams, CUDA graphs) register with `register_executor` and say when they cannot run; `select_executor`
 turns the `executor` option into a class, falling back to the sequential reference with a recorded reason.
+
+What a multi-stream executor does with a `Program` (see program.py): walk `steps` in order (the issue order, a
+topological order); a step whose `op.stream` is None runs on the host at once (allocations, views, scalars);
+any other step is launched on its stream after waiting for the events of the ops in `op.waits` (record an event
+after each op that a later op waits on). Steps with `fn` None (nano-ops left empty at this token count) launch
+nothing but keep their waits and their place in the stream. All streams first wait for the caller's stream, and
+the caller's stream waits for all of them at the end; a buffer allocated on the host and written on another
+stream needs `record_stream` (or allocation on that stream) before the caching allocator may reuse it.
 """
 
 from __future__ import annotations

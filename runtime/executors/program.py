@@ -24,8 +24,12 @@ _PY_MODULES = {"operator": operator, "math": math, "torch": torch}
 
 @dataclass
 class Step:
+    """One op made concrete. `fn` is None for a nano-op whose token range is empty at this token count: it runs
+    nothing, but a multi-stream executor must still honour its place in its stream and its waits, since the
+    plan's minimal waits rely on them."""
+
     op: Op
-    fn: Callable
+    fn: Callable | None
     args: Getter  # env -> tuple
     kwargs: Getter  # env -> dict
     outputs: tuple  # value names bound from the result; None drops that element
@@ -106,7 +110,8 @@ def materialize(ir: ScheduleIR, binding: dict[str, int]) -> Program:
     steps = []
     for op in bucket.ops:
         span = None if op.seg is None else (cuts[op.seg[0]], cuts[op.seg[1]])
-        if span is not None and span[0] == span[1]:
+        if span is not None and span[0] == span[1]:  # kept: its stream order and waits still order others
+            steps.append(Step(op, None, _tuple_getter([]), _dict_getter({}), (), False, (), span))
             continue
         fn = resolve_target(op.target)
         args = _tuple_getter([_getter(a, span, binding) for a in op.args])
@@ -131,6 +136,8 @@ def _plan_frees(steps: list[Step], keep: set[str]) -> None:
     last: dict[str, int] = {}
     for i, step in enumerate(steps):
         op = step.op
+        if step.fn is None:
+            continue
         for name in set().union(*map(_refs, op.args), *map(_refs, op.kwargs.values()), *map(_refs, op.copy_to)):
             last[name] = i
         for name in op.outputs:

@@ -40,6 +40,8 @@ class SequentialExecutor:
 
 def run_program(program: Program, env: dict) -> Any:
     for step in program.steps:
+        if step.fn is None:  # an empty nano-op
+            continue
         result = step.fn(*step.args(env), **step.kwargs(env))
         if step.copy_to:
             parts = result if step.unpack else (result,)
