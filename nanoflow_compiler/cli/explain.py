@@ -90,7 +90,8 @@ def trace(spec: str | None, tokens: int, requests: int, options: dict, dtype: st
 
     torch._dynamo.reset()
     try:
-        torch.compile(model, backend=backend, dynamic=True, fullgraph=True)(*inputs)
+        with torch.no_grad():
+            torch.compile(model, backend=backend, dynamic=True, fullgraph=True)(*inputs)
     except Exception:  # Dynamo wraps the _Traced our backend raises; anything before the capture is real
         if not captured:
             raise
