@@ -29,17 +29,25 @@ def chat_ids(tokenizer, text):
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def hf_greedy(model, prompt, n):
-    """Hugging Face's own forward with its KV cache, greedy, EOS ignored (generate() would stop at EOS)."""
+def hf_greedy(model, prompts, n):
+    """Hugging Face's own forward with its KV cache, greedy, EOS ignored (generate() would stop at EOS); the prompts
+    go as one left-padded batch with an attention mask and explicit positions."""
     import inspect
 
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(torch.tensor([prompt]), use_cache=True)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(ids, attention_mask=mask, position_ids=positions, use_cache=True)
     tokens = []
     for _ in range(n):
-        tokens.append(int(out.logits[0, -1].argmax()))
-        out = model(torch.tensor([[tokens[-1]]]), use_cache=True, **{cache_kw: out.past_key_values})
-    return tokens
+        tokens.append(out.logits[:, -1].argmax(-1))
+        mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(tokens[-1][:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_kw: getattr(out, cache_kw)})
+    return torch.stack(tokens, dim=1).tolist()
 
 
 @pytest.mark.slow
@@ -62,8 +70,9 @@ def test_greedy_matches_hugging_face_token_for_token(smollm2):
     engine = LLMEngine(smollm2.model, tok, EngineConfig(compile=False))
     ours, _ = run(engine, prompts, SamplingParams(max_tokens=32, **GREEDY))
     with torch.inference_mode():
-        for prompt, out in zip(prompts, ours, strict=True):
-            assert out.token_ids == hf_greedy(hf, prompt, 32), tok.decode(prompt)
+        theirs = hf_greedy(hf, prompts, 32)
+    for prompt, out, expected in zip(prompts, ours, theirs, strict=True):
+        assert out.token_ids == expected, tok.decode(prompt)
     assert "Paris" in ours[0].text
 
 
