@@ -158,6 +158,7 @@ class _Builder:
             for ref, path in refs:
                 access = (self.values.root[ref.value], None)
                 (nano.writes if path[:1] in mutated else nano.reads).append(access)
+            nano.writes += [(name, None) for name in outputs if name is not None]  # readers of views find it
             nano.cost = self._cost(node, self.tokens) if kind == "compute" else (0.0, 0.0)
 
     def split(self, node: fx.Node, segs: list[tuple[int, int]]) -> None:

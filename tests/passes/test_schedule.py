@@ -1,7 +1,7 @@
 import networkx as nx
 import pytest
 import torch
-from passes_graphs import projected_attention
+from passes_graphs import kv_layer, projected_attention
 
 from nanoflow_compiler.passes.schedule import list_schedule
 
@@ -83,3 +83,17 @@ def test_list_schedule_overlaps_two_streams():
     order, makespan = list_schedule(dag, {0: 1.0, 1: 2.0, 2: 1.5, 3: 1.0}, {0: 0, 1: 0, 2: 1, 3: 0})
     assert order[0] == 0 and order[-1] == 3
     assert makespan == pytest.approx(4.0)
+
+
+def test_whole_ops_are_waited_for_through_views(trace, kv_inputs):
+    def fn(x, k, v, k_cache, v_cache, slots, token_req, positions, block_tables):
+        q = torch.sort(x, dim=0).values.view(x.shape[0], 4, 8)  # a barrier (stream 0), seen through a view
+        return kv_layer(q, k, v, k_cache, v_cache, slots, token_req, positions, block_tables)
+
+    _, ctx = trace(fn, torch.randn(6, 32), *kv_inputs[1:], options={"nano_batches": 2})
+    work = ctx.work[6]
+    ops = {n.op.id: n.op for n in work.ops}
+    (sort,) = [i for i, op in ops.items() if op.node == "sort" and op.kind == "compute"]
+    attention = [i for i, op in ops.items() if op.node == "paged_attention" and op.kind == "compute"]
+    assert all(work.reduced.has_edge(sort, i) or nx.has_path(work.reduced, sort, i) for i in attention)
+    assert nx.has_path(happens_before(work), sort, attention[0])
