@@ -22,6 +22,7 @@ from .options import CompileOptions, NanoflowOptionsError
 from .passes.context import InputInfo, NanoflowWarning, PassContext
 from .passes.pipeline import run_pipeline
 from .passes.symbolic import TOKEN, to_expr
+from .runtime.partitions import PartitionError
 
 _CAPTURES: list[list] = []
 
@@ -64,7 +65,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: list, options: CompileOpti
     aten, ctx = lower(gm, example_inputs, options)
     try:
         run_pipeline(aten, ctx, until)
-    except NanoflowOptionsError:
+    except (NanoflowOptionsError, PartitionError):  # the user's configuration: a clear error, not a fallback
         raise
     except Exception as e:  # noqa: BLE001 - any failure of ours must not change what the model computes
         reason = f"the nanoflow passes failed ({type(e).__name__}: {e}); running the graph unsplit as traced"

@@ -42,6 +42,10 @@ class ModelRunner:
                 warnings.warn(f"max_model_len={config.max_model_len} exceeds the KV cache ({capacity} tokens); "
                               f"using {capacity}", stacklevel=3)
             self.max_model_len = capacity
+        if self.buckets and self.buckets[-1] > capacity:
+            raise ValueError(f"token bucket {self.buckets[-1]} is larger than the KV cache ({capacity} tokens in "
+                             f"{self.num_kv_blocks} blocks of {self.block_size}): no iteration can fill it; use "
+                             "smaller token_buckets and max_num_batched_tokens, or more KV blocks")
         model.allocate_kv_cache(self.num_kv_blocks, self.block_size, self.dtype, self.device)
         self.compile_backend: str | None = None
         self.compile_fallback: str | None = None
@@ -159,6 +163,8 @@ class ModelRunner:
         options = dict(self.config.compile_options or {})
         if name == "nanoflow":  # the flat batch's per-token inputs: the passes split along their dim 0
             options.setdefault("token_inputs", ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"])
+            if self.buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
+                options.setdefault("token_buckets", [b for b in self.buckets if b >= 2])
         kwargs = {"options": options} if options else {}
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).

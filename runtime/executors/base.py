@@ -54,7 +54,7 @@ def register_executor(cls: type) -> type:
 
 def select_executor(requested: str, device: torch.device, settings: Mapping[str, Any]) -> tuple[type, str | None]:
     """The executor class for `requested` on `device`, and why it is not the one requested (None if it is)."""
-    from . import sequential  # noqa: F401  (registers the reference)
+    from . import graph, sequential, stream  # noqa: F401  (register the executors)
 
     if requested == "auto":
         for name in PREFERENCE:
@@ -110,4 +110,4 @@ def bind(ir: ScheduleIR, constants: Mapping[str, torch.Tensor], requested: str, 
     ir.provenance.executor = cls.name
     if reason is not None:
         ir.provenance.notes.append(reason)
-    return CompiledSchedule(ir, cls(ir, constants, **settings)), reason
+    return CompiledSchedule(ir, cls(ir, constants, **{"device": device, **settings})), reason

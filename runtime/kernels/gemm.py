@@ -117,14 +117,14 @@ def sm_gemm(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None = None,
     return out
 
 
-def mm(a: torch.Tensor, b: torch.Tensor, num_sms: int | None = None) -> torch.Tensor:
-    """aten.mm(a, b) on the SM budget: the Triton kernel when b is a transposed row-major weight (an nn.Linear
-    weight's `.t()`) in bf16/fp16 with TMA-aligned strides, else torch.mm."""
+def mm(a: torch.Tensor, b: torch.Tensor, num_sms: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """aten.mm(a, b) (aten.mm.out with `out`) on the SM budget: the Triton kernel when b is a transposed row-major
+    weight (an nn.Linear weight's `.t()`) in bf16/fp16 with TMA-aligned strides, else torch.mm."""
     b_t = b.t()
     if (a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and b.dtype == a.dtype and a.dim() == 2
-            and _tma_ok(a) and _tma_ok(b_t)):
-        return sm_gemm(a, b_t, num_sms=num_sms)
-    return torch.mm(a, b)
+            and _tma_ok(a) and _tma_ok(b_t) and (out is None or (out.dtype == a.dtype and _tma_ok(out)))):
+        return sm_gemm(a, b_t, out=out, num_sms=num_sms)
+    return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
 
 
 def _tma_ok(x: torch.Tensor) -> bool:

@@ -46,6 +46,12 @@ def test_padding_to_a_token_bucket(tiny):
     torch.testing.assert_close(padded, plain.execute(ScheduledBatch([seq(range(5), [0, 1])], [5])))
 
 
+def test_a_bucket_larger_than_the_kv_cache_is_an_error(tiny):
+    with pytest.raises(ValueError, match="token bucket 64 is larger than the KV cache .32 tokens in 8 blocks of 4"):
+        ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4, max_num_batched_tokens=16,
+                                       token_buckets=[16, 64]))
+
+
 def test_buckets_must_hold_a_full_iteration():
     with pytest.raises(ValueError, match="largest token bucket"):
         EngineConfig(max_num_batched_tokens=64, token_buckets=[16, 32]).validate()
