@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from executor_batches import caches, fill_caches, mixed_batch
-from nanoflow_compiler.models import preset_config, random_model
 
 from nanoflow_compiler import backend
+from nanoflow_compiler.models import preset_config, random_model
 
 pytestmark = pytest.mark.gpu
 try:  # an import-path checkout has no entry point: register the backend by hand
