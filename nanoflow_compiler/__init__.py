@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "__version__", "export", "load"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from .runtime.sampling import SamplingParams
 
         return SamplingParams
+    if name in ("export", "load"):
+        from . import artifact
+
+        return getattr(artifact, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Listed in the order `nanoflow --help` shows them.
-COMMANDS = ["generate", "bench", "serve", "search", "explain"]
+COMMANDS = ["generate", "bench", "serve", "search", "explain", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--artifact", default=None, metavar="DIR",
+                   help="start from `nanoflow export`'s artifact (stored schedule, no search); --model then gives the "
+                        "weights of one exported with --no-weights")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an artifact made for another device (default: re-plan)")
     p.set_defaults(func=run)
 
 
@@ -46,8 +51,14 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                             max_tokens=args.max_tokens, stop=args.stop, ignore_eos=args.ignore_eos)
     params.validate()  # before the model loads, so a typo costs no wait
-    llm = LLM(args.model, dtype=getattr(torch, args.dtype), device=args.device, compile=not args.no_compile,
-              backend=args.backend, max_model_len=args.max_model_len, max_num_seqs=1)
+    if args.artifact:
+        from ..artifact import load
+
+        llm = load(args.artifact, strict=args.strict, model=args.model, device=args.device,
+                   max_model_len=args.max_model_len, max_num_seqs=1)
+    else:
+        llm = LLM(args.model, dtype=getattr(torch, args.dtype), device=args.device, compile=not args.no_compile,
+                  backend=args.backend, max_model_len=args.max_model_len, max_num_seqs=1)
     prompt_ids = _prompt_ids(args, llm, apply_chat_template)
     engine = llm.engine
     engine.add_request("cli", prompt_ids, params)

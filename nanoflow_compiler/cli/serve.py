@@ -37,6 +37,11 @@ def add_parser(subparsers) -> None:
     m.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
     m.add_argument("--compile-options", type=_json_object, default=None, metavar="JSON",
                    help="JSON options for the nanoflow torch.compile backend")
+    m.add_argument("--artifact", default=None, metavar="DIR",
+                   help="serve `nanoflow export`'s artifact (stored schedule, no search); --model then gives the "
+                        "weights of one exported with --no-weights")
+    m.add_argument("--strict", action="store_true",
+                   help="refuse an artifact made for another device (default: re-plan)")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all interfaces)")
@@ -72,12 +77,19 @@ def run(args: argparse.Namespace) -> int:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
-    loaded = load_model(args.model, dtype=dtype, device=device)
     knobs = {k: getattr(args, k) for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks")
              if getattr(args, k) is not None}
-    config = EngineConfig(compile=args.compile, compile_options=args.compile_options, dtype=dtype, device=device,
-                          **knobs)
-    engine = LLMEngine(loaded.model, loaded.tokenizer, config)
+    if args.artifact:
+        from ..artifact import load
+
+        loaded = load(args.artifact, strict=args.strict, model=args.model,
+                      device=None if args.device == "auto" else args.device, **knobs)
+        engine = loaded.engine
+    else:
+        loaded = load_model(args.model, dtype=dtype, device=device)
+        config = EngineConfig(compile=args.compile, compile_options=args.compile_options, dtype=dtype, device=device,
+                              **knobs)
+        engine = LLMEngine(loaded.model, loaded.tokenizer, config)
     name = args.served_model_name or loaded.name
     app = create_app(engine, loaded.tokenizer, model_name=name, api_key=args.api_key, max_queued=args.max_queued,
                      max_tokens_limit=args.max_tokens_limit, drain_timeout_s=args.drain_timeout)
