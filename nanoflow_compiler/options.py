@@ -54,8 +54,11 @@ class CompileOptions:
         return result
 
     def to_json(self) -> dict[str, Any]:
+        """JSON-ready (bucket keys of `split` as strings, which from_dict reads back)."""
         data = asdict(self)
         del data["given"]
+        if isinstance(self.split, dict):
+            data["split"] = {str(k): v for k, v in self.split.items()}
         return data
 
     # ------------------------------------------------------------------------------------------- validation

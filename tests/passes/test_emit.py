@@ -31,7 +31,7 @@ def test_any_token_count_runs_from_the_nearest_bucket(trace, mlp):
 
 
 def test_reloaded_ir_runs_without_the_passes(trace, kv_inputs):
-    _, ctx = trace(kv_layer, *kv_inputs, options={"nano_batches": 3})
+    _, ctx = trace(kv_layer, *kv_inputs, options={"nano_batches": 3, "split": {6: [1, 2, 3]}, "token_buckets": [6]})
     reloaded = ScheduleIR.from_json(ctx.ir.to_json())
     assert reloaded == ctx.ir
     eager_inputs, inputs = [t.clone() for t in kv_inputs], [t.clone() for t in kv_inputs]
