@@ -87,6 +87,16 @@ def _inplace_alias(node: fx.Node) -> fx.Node | None:
     return None
 
 
+_OUT_TAG = getattr(torch.Tag, "out", None)  # torch 2.11 has no `out` tag
+
+
+def _is_out(op: torch._ops.OpOverload) -> bool:
+    """An out= overload: tagged so where torch tags them, else it takes keyword-only tensors it writes."""
+    if _OUT_TAG is not None:
+        return _OUT_TAG in op.tags
+    return any(a.kwarg_only and a.alias_info is not None and a.alias_info.is_write for a in op._schema.arguments)
+
+
 def out_variant(target: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
     """The `.out` overload taking the same arguments plus one out tensor per result."""
     schema = target._schema
@@ -96,7 +106,7 @@ def out_variant(target: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
     inputs = [(a.name, str(a.type)) for a in schema.arguments]
     for name in packet.overloads():
         candidate = getattr(packet, name)
-        if torch.Tag.out not in candidate.tags:
+        if not _is_out(candidate):
             continue
         args = candidate._schema.arguments
         outs = [a for a in args if a.alias_info is not None and a.alias_info.is_write]
