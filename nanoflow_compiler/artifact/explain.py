@@ -47,17 +47,19 @@ def explain_artifact(path: str | Path, tokens: int | None, layer: int) -> list[s
 
 
 def _layers(ir: ScheduleIR, bucket: BucketPlan, pattern) -> list[int]:
-    """The layer of each op of `bucket`, in order (-1 before the first layer)."""
+    """The layer of each op of `bucket`, in order (-1 before the first layer). Layers are per graph node: all nano-ops
+    and the allocation of one node share one, and a buffer an op writes (out=, copy_to) carries its layer onwards."""
     layer_of = {i.name: int(m.group(1)) for i in ir.signature.inputs if (m := pattern.search(i.name))}
-    result = []
+    node_layer: dict[str, int] = {}
     for op in bucket.ops:
         reads = [*op.args, *op.kwargs.values(), *(r for r in op.copy_to if r is not None)]
-        index = max((layer_of.get(name, -1) for arg in reads for name in _refs(arg)), default=-1)
-        for name in op.outputs:
+        index = max([node_layer.get(op.node, -1)] + [layer_of.get(name, -1) for arg in reads for name in _refs(arg)])
+        node_layer[op.node] = index
+        written = [*op.outputs, *_refs(op.kwargs.get("out")), *(n for r in op.copy_to for n in _refs(r))]
+        for name in written:
             if name is not None:
                 layer_of[name] = index
-        result.append(index)
-    return result
+    return [node_layer[op.node] for op in bucket.ops]
 
 
 def _refs(arg) -> list[str]:

@@ -115,6 +115,7 @@ def _write(root: Path, loaded, engine, irs: list, options: dict, with_weights: b
     cfg = config_dict(loaded.model.config)
     if with_weights:
         save_weights(tensors, root / WEIGHTS)
+        shutil.copymode(root / SCHEDULE, root / WEIGHTS)  # safetensors writes 0600; ship it as readable as the rest
     if loaded.tokenizer is not None:
         loaded.tokenizer.save_pretrained(str(root / TOKENIZER))
     stored_options = dict(options)

@@ -94,12 +94,16 @@ def _check_types(where: str, data: dict, schema: dict) -> None:
 
 
 def verify_files(root: Path, manifest: dict, names: list[str] | None = None) -> None:
-    """Every file the manifest lists (or just `names`) is present, of its recorded size and SHA-256."""
+    """Every file the manifest lists (or just `names`) is present, of its recorded size and SHA-256; the schedule and
+    the weights must be among them."""
     files = manifest["files"]
+    for name in (manifest["schedule"]["file"], manifest["model"].get("weights")):
+        if name is not None and name not in files:
+            raise ArtifactError(f"{MANIFEST} records no hash for {name}")
     for name in names if names is not None else sorted(files):
-        entry = files.get(name)
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise ArtifactError(f"{MANIFEST} has no hash for {name}")
+        entry = files.get(name) if isinstance(files.get(name), dict) else {}
+        if not (isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)):
+            raise ArtifactError(f"{MANIFEST} records no hash and size for {name}")
         path = root / name
         if not path.resolve().is_relative_to(root.resolve()):
             raise ArtifactError(f"{MANIFEST} lists {name}, which lies outside the artifact")
@@ -107,8 +111,8 @@ def verify_files(root: Path, manifest: dict, names: list[str] | None = None) -> 
             raise ArtifactError(f"{root}: file {name} is missing (listed in {MANIFEST})")
         size = path.stat().st_size
         if size != entry.get("bytes"):
-            what = "truncated" if size < entry.get("bytes", 0) else "larger than exported"
-            raise ArtifactError(f"{root}: {name} is {what}: {size} bytes, {MANIFEST} records {entry.get('bytes')}")
+            what = "truncated" if size < entry["bytes"] else "larger than exported"
+            raise ArtifactError(f"{root}: {name} is {what}: {size} bytes, {MANIFEST} records {entry['bytes']}")
         digest = file_sha256(path)
         if digest != entry["sha256"]:
             raise ArtifactError(f"{root}: {name} changed after export: its SHA-256 is {digest[:16]}..., "

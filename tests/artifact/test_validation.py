@@ -60,6 +60,13 @@ def test_manifest_without_a_section_is_refused(smol, tmp_path):
         load(root)
 
 
+def test_a_schedule_without_a_recorded_hash_is_refused(tiny, tmp_path):
+    root = clone(tiny, tmp_path / "a")
+    edit_manifest(root, lambda m: m["files"].pop("schedule.json"))
+    with pytest.raises(ArtifactError, match="manifest.json records no hash for schedule.json"):
+        load(root)
+
+
 def test_truncated_weights_are_named(smol, tmp_path):
     root = clone(smol[0], tmp_path / "a")
     weights = root / "model.safetensors"
