@@ -64,6 +64,9 @@ def export(model=None, out: str | Path = "nanoflow-artifact", *, buckets: list[i
         raise ArtifactError("compile option 'schedule' binds a stored schedule; export plans a new one")
 
     loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+    if getattr(getattr(loaded.model, "tp", None), "size", 1) > 1:
+        raise ArtifactError("cannot export a tensor-parallel rank's model: artifacts hold one device's schedule and "
+                            "unsharded weights")
     config = EngineConfig(max_num_batched_tokens=tokens, block_size=block_size, num_kv_blocks=num_kv_blocks,
                           compile=True, compile_options=options, token_buckets=buckets, dtype=dtype, device=device,
                           backend="nanoflow")

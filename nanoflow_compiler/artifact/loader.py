@@ -42,10 +42,10 @@ def load(path: str | Path, *, strict: bool = False, model: str | LoadedModel | N
          device: str | None = None, **engine_kwargs) -> ArtifactLLM:
     """Serve the artifact at `path`. `model` gives the weights of an artifact exported without them (default: where
     the export took them from); `engine_kwargs` may change the settings in ADJUSTABLE."""
+    _check_engine_kwargs(engine_kwargs)
     root = Path(path)
     manifest = read_manifest(root)
     verify_files(root, manifest)
-    _check_engine_kwargs(engine_kwargs)
     drift = version_drift(manifest["versions"])
     if drift:
         warnings.warn(f"{root}: other library versions than at export: {', '.join(drift)}", ArtifactWarning,

@@ -126,6 +126,13 @@ def test_graph_that_differs_from_the_stored_one_is_refused(tiny, tmp_path):
         load(root)
 
 
+def test_schedule_option_must_be_a_path():
+    from nanoflow_compiler.options import CompileOptions, NanoflowOptionsError
+
+    with pytest.raises(NanoflowOptionsError, match="schedule must be a path string, got 3"):
+        CompileOptions.from_dict({"schedule": 3})
+
+
 def test_settings_that_shape_the_graph_are_fixed(tiny):
     with pytest.raises(ArtifactError, match="num_kv_blocks is fixed by the artifact"):
         load(tiny, num_kv_blocks=8)
