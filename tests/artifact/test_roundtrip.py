@@ -58,7 +58,9 @@ def test_a_new_process_serves_the_stored_schedule_with_the_same_greedy_output(sm
 def test_manifest_records_versions_device_model_and_every_file(smol):
     path, exported_ir, _ = smol
     manifest = read_manifest(path)
-    assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["triton"]
+    assert manifest["versions"]["torch"] == torch.__version__
+    # None where triton is not installed (a fresh CPU venv: torch's CPU wheel does not bring it)
+    assert manifest["versions"]["triton"] == _installed("triton")
     assert manifest["device"] == {"type": "cpu", "name": manifest["device"]["name"], "sm_count": 132}
     config = manifest["model"]["config"]
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
@@ -177,3 +179,12 @@ def test_serve_generate_and_explain_take_an_artifact():
     for command in ("serve", "generate", "explain"):
         assert "--artifact" in choices[command].format_help()
     assert "--strict" in choices["serve"].format_help() and "--no-weights" in choices["export"].format_help()
+
+
+def _installed(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
