@@ -82,7 +82,12 @@ def _version(package: str) -> str | None:
 
 
 def git_info() -> dict:
-    """The commit of the checkout this package runs from, and whether it had uncommitted changes."""
+    """The commit of the checkout this package runs from, and whether it had uncommitted changes.
+
+    A copy without .git (the device machine gets the work tree only) names its commit in NANOFLOW_GIT_COMMIT.
+    """
+    if os.environ.get("NANOFLOW_GIT_COMMIT"):
+        return {"commit": os.environ["NANOFLOW_GIT_COMMIT"], "dirty": None, "source": "NANOFLOW_GIT_COMMIT"}
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
