@@ -23,6 +23,9 @@ __all__ = ["EngineConfig", "LLMEngine", "RequestOutput"]
 
 
 class LLMEngine:
+    """Serves one model. The engine allocates the model's KV cache and owns it: a second engine built on the same
+    model object takes the cache over, so use one engine per model at a time."""
+
     def __init__(self, model: torch.nn.Module, tokenizer=None, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
         self.config.validate()
