@@ -111,7 +111,7 @@ def paged_attention_reference(
     return out
 
 
-_DECODE_CHUNK_BYTES = 256 << 20  # bound on the padded keys+values one decode chunk gathers
+_DECODE_CHUNK_BYTES = 4 << 20  # padded keys+values per decode chunk: small chunks stay in cache and pad less
 
 
 def _decode_attention(q, k_cache, v_cache, tables, pos, scale) -> torch.Tensor:
