@@ -31,11 +31,15 @@ class SequentialExecutor:
         return None
 
     def __call__(self, args: Sequence[Any]) -> Any:
-        program = self.programs.get(args)
-        env = dict(self.constants)
-        env.update(zip(self._input_names, args))
+        program, env = self._bind(args)
         with torch.no_grad():
             return run_program(program, env)
+
+    def _bind(self, args: Sequence[Any]) -> tuple[Program, dict]:
+        """The program for these sizes, and the environment its steps read: constants plus this call's inputs."""
+        env = dict(self.constants)
+        env.update(zip(self._input_names, args))
+        return self.programs.get(args), env
 
 
 def run_program(program: Program, env: dict) -> Any:

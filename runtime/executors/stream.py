@@ -28,9 +28,9 @@ import torch
 
 from .. import partitions
 from ..ir import Ref, ScheduleIR, Seq, StreamSpec
-from .base import ProgramCache, register_executor
+from .base import register_executor
 from .program import Program, Step
-from .sequential import run_program
+from .sequential import SequentialExecutor, run_program
 
 _MM = ("aten.mm.out", "aten.mm.default")
 _PARTITIONS: dict[tuple, dict[str, partitions.PartitionStream]] = {}  # green contexts live as long as the process
@@ -127,14 +127,13 @@ def partition_shares(streams: list[StreamSpec], granularity: int) -> dict[str, i
 
 
 @register_executor
-class StreamExecutor:
+class StreamExecutor(SequentialExecutor):
+    """The sequential executor's programs, issued on one stream per SM partition with events for the waits."""
+
     name: ClassVar[str] = "stream"
 
     def __init__(self, ir: ScheduleIR, constants: Mapping[str, torch.Tensor], **settings: Any):
-        self.ir = ir
-        self.constants = dict(constants)
-        self.programs = ProgramCache(ir)
-        self._input_names = [i.name for i in ir.signature.inputs]
+        super().__init__(ir, constants, **settings)
         device = torch.device(settings.get("device") or "cuda")
         self.device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         self.device_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
@@ -154,9 +153,7 @@ class StreamExecutor:
         return None
 
     def __call__(self, args: Sequence[Any]) -> Any:
-        program = self.programs.get(args)
-        env = dict(self.constants)
-        env.update(zip(self._input_names, args))
+        program, env = self._bind(args)
         with torch.no_grad():
             streams = self._streams[_layout_key(program.bucket.streams)]
             if streams is None:  # one stream with every SM: the caller's own stream is that stream
