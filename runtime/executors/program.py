@@ -38,6 +38,19 @@ class Step:
     span: tuple[int, int] | None  # concrete token range
     free: tuple = ()  # names no later step reads
 
+    def store(self, result: Any, env: dict) -> None:
+        """Copy the result into its destination slices and bind its named outputs (every executor does this)."""
+        parts = result if self.unpack else (result,)
+        for part, dst in zip(parts, self.copy_to):
+            if dst is not None:
+                dst(env).copy_(part)
+        if self.unpack:
+            for name, part in zip(self.outputs, result):
+                if name is not None:
+                    env[name] = part
+        elif self.outputs and self.outputs[0] is not None:
+            env[self.outputs[0]] = result
+
 
 @dataclass
 class Program:

@@ -46,18 +46,7 @@ def run_program(program: Program, env: dict) -> Any:
     for step in program.steps:
         if step.fn is None:  # an empty nano-op
             continue
-        result = step.fn(*step.args(env), **step.kwargs(env))
-        if step.copy_to:
-            parts = result if step.unpack else (result,)
-            for part, dst in zip(parts, step.copy_to):
-                if dst is not None:
-                    dst(env).copy_(part)
-        if step.unpack:
-            for name, part in zip(step.outputs, result):
-                if name is not None:
-                    env[name] = part
-        elif step.outputs and step.outputs[0] is not None:
-            env[step.outputs[0]] = result
+        step.store(step.fn(*step.args(env), **step.kwargs(env)), env)
         for name in step.free:
             env.pop(name, None)
     return program.outputs(env)

@@ -238,17 +238,7 @@ def run_streams(program: Program, plan: StreamPlan, fns: list, env: dict, stream
             if stream is not current:
                 torch.cuda.set_stream(stream)
                 current = stream
-            result = fn(*step.args(env), **step.kwargs(env))
-            if step.copy_to:
-                for part, dst in zip(result if step.unpack else (result,), step.copy_to):
-                    if dst is not None:
-                        dst(env).copy_(part)
-            if step.unpack:
-                for name, part in zip(step.outputs, result):
-                    if name is not None:
-                        env[name] = part
-            elif step.outputs and step.outputs[0] is not None:
-                env[step.outputs[0]] = result
+            step.store(fn(*step.args(env), **step.kwargs(env)), env)
             if ps.record is not None:
                 events[ps.record].record(stream)
             for name, sids in ps.shares:
