@@ -7,10 +7,10 @@ Names follow vLLM's `benchmark_throughput.py` where vLLM has the option (`--inpu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 
+from ..cli.argtypes import json_object
 from .datasets import DATASETS
 
 # Names only: torch is imported when an option is resolved, so that `nanoflow --help` stays fast.
@@ -88,7 +88,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="dense batch: tokens per iteration (the engine's default if omitted)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="most requests running at once")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
-    p.add_argument("--compile-options", type=_json_object, default=None,
+    p.add_argument("--compile-options", type=json_object, default=None,
                    help='JSON options for the nanoflow backend, e.g. \'{"nano_batches": 2, "executor": "stream"}\'')
     p.add_argument("--token-buckets", type=_int_list, default=None,
                    help="comma-separated token counts the engine pads each iteration to, e.g. 64,128,256,512")
@@ -131,16 +131,6 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"--compile-options is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--compile-options must be a JSON object, e.g. '{\"nano_batches\": 2}'")
-    return value
 
 
 def script_main(run, parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

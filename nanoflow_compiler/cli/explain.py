@@ -8,9 +8,10 @@ per-stream schedule: one decoder layer in detail, the others summarised.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import Counter
+
+from .argtypes import json_object
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokens", type=int, default=1024, help="tokens in the iteration's batch (default 1024)")
     p.add_argument("--requests", type=int, default=None, help="requests in the batch (default: min(tokens, 64))")
     p.add_argument("--nano-batches", type=int, default=None, help="nano-batches for every op class")
-    p.add_argument("--options", default=None, metavar="JSON",
+    p.add_argument("--options", type=json_object, default=None, metavar="JSON",
                    help='compile options, e.g. \'{"sm_plan": {"COMPUTE": 96}}\'')
     p.add_argument("--layer", type=int, default=0, help="the layer to show in detail (default 0)")
     p.add_argument("--num-layers", type=int, default=None, help="override the model's layer count (faster)")
@@ -42,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(explain_artifact(args.artifact, args.tokens, args.layer)))
         return 0
-    options = json.loads(args.options) if args.options else {}
-    if not isinstance(options, dict):
-        raise ValueError(f"--options must be a JSON object, got {args.options!r}")
+    options = dict(args.options or {})
     if args.nano_batches is not None:
         options["nano_batches"] = args.nano_batches
     if args.tokens < 2:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from .argtypes import json_object
 
 
 def add_parser(subparsers) -> None:
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> None:
                    help="store no weights: the loader takes them from the model's source (or --model)")
     p.add_argument("--profile-db", default=None, metavar="PATH",
                    help="plan with the search from this profile database (plan='auto') and store it in the artifact")
-    p.add_argument("--compile-options", default=None, metavar="JSON",
+    p.add_argument("--compile-options", type=json_object, default=None, metavar="JSON",
                    help='compile options for the nanoflow backend, e.g. \'{"nano_batches": 2}\'')
     p.add_argument("--max-num-batched-tokens", type=int, default=None, metavar="N",
                    help="tokens per engine iteration (default: the largest bucket, else 512)")
@@ -42,9 +43,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = json.loads(args.compile_options) if args.compile_options else None
-    if options is not None and not isinstance(options, dict):
-        raise ValueError(f"--compile-options must be a JSON object, got {args.compile_options!r}")
+    options = args.compile_options
     if args.buckets is not None and min(args.buckets) < 1:
         raise ValueError(f"--buckets must be token counts >= 1, got {args.buckets}")
     import torch

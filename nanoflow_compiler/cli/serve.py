@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+
+from .argtypes import json_object
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> None:
     m.add_argument("--num-kv-blocks", type=_positive, default=None, metavar="N",
                    help="KV-cache blocks (default: sized from free memory)")
     m.add_argument("--no-compile", dest="compile", action="store_false", help="run the model eagerly")
-    m.add_argument("--compile-options", type=_json_object, default=None, metavar="JSON",
+    m.add_argument("--compile-options", type=json_object, default=None, metavar="JSON",
                    help="JSON options for the nanoflow torch.compile backend")
     m.add_argument("--artifact", default=None, metavar="DIR",
                    help="serve `nanoflow export`'s artifact (stored schedule, no search); --model then gives the "
@@ -122,14 +123,4 @@ def _non_negative(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"nano_batches\": 2}'")
     return value
