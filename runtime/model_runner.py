@@ -1,8 +1,14 @@
 """Turns a scheduled batch into the model's flat token batch, owns the KV cache and the compiled model.
 
 The runner is the only engine component that touches tensors: it sizes and allocates the paged KV cache, builds
-`input_ids`, `positions` and `AttnMetadata` for one iteration (padded to a token bucket when buckets are set),
-and calls the model, compiled with the configured torch.compile backend or eager.
+`input_ids`, `positions` and `AttnMetadata` for one iteration, and calls the model, compiled with the configured
+torch.compile backend or eager.
+
+With token buckets (the default for the nanoflow backend on CUDA) every size the compiled graph sees is padded to a
+few values, because the graph executor captures one CUDA graph per binding of those sizes: the token count to its
+bucket, the request count to min(bucket, max_num_seqs), and the block-table width to a power of two. Without that,
+decode steps whose request count or context length changed would each capture a new graph (a 5,000-op capture
+costs far more than the step it serves).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .attention import AttnMetadata
@@ -33,7 +40,7 @@ class ModelRunner:
         self.device = torch.device(config.device) if config.device is not None else first.device
         self.dtype = config.dtype or first.dtype
         self.block_size = config.block_size
-        self.buckets = sorted(set(config.token_buckets)) if config.token_buckets else None
+        self.buckets = self._token_buckets()
         self.max_model_len = self._max_model_len()
         self.num_kv_blocks = config.num_kv_blocks or self._kv_blocks_from_memory()
         capacity = self.num_kv_blocks * self.block_size
@@ -76,20 +83,26 @@ class ModelRunner:
                 slots.append(table[pos // bs] * bs + pos % bs)
             token_req += [row] * num_new
             logits_indices.append(len(input_ids) - 1)
-        pad = self._padded(max(len(input_ids), self.min_dim)) - len(input_ids)
+        tokens = self._padded(max(len(input_ids), self.min_dim))
+        pad = tokens - len(input_ids)
         input_ids += [0] * pad
         positions += [0] * pad
         slots += [-1] * pad
         token_req += [-1] * pad
         width = max(self.min_dim, *(len(seq.block_table) for seq in batch.seqs))
-        tables = [seq.block_table + [0] * (width - len(seq.block_table)) for seq in batch.seqs]
-        tables += [[0] * width] * (self.min_dim - len(tables))
-        logits_indices += [0] * (self.min_dim - len(logits_indices))
+        rows = max(self.min_dim, len(batch))
+        if self.buckets:
+            rows = max(rows, min(tokens, self.config.max_num_seqs))
+            width = max(width, min(_next_power_of_2(width), -(-self.max_model_len // bs)))
+        tables = np.zeros((rows, width), dtype=np.int32)
+        for row, seq in enumerate(batch.seqs):
+            tables[row, : len(seq.block_table)] = seq.block_table
+        logits_indices += [0] * (rows - len(logits_indices))
         return self._to_device(input_ids, positions, slots, token_req, tables, logits_indices)
 
     def _to_device(self, input_ids, positions, slots, token_req, tables, logits_indices):
         def t(values, dtype):
-            return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+            return torch.as_tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
         meta = AttnMetadata(
             slot_mapping=t(slots, torch.int64),
@@ -98,6 +111,15 @@ class ModelRunner:
             logits_indices=t(logits_indices, torch.int64),
         )
         return t(input_ids, torch.int64), t(positions, torch.int64), meta
+
+    def _token_buckets(self) -> list[int] | None:
+        """The configured buckets; on CUDA the nanoflow backend (CUDA graphs) gets `default_token_buckets`."""
+        config = self.config
+        if config.token_buckets:
+            return sorted(set(config.token_buckets))
+        if config.compile and config.backend == "nanoflow" and self.device.type == "cuda":
+            return default_token_buckets(config.max_num_batched_tokens)
+        return None
 
     def _padded(self, num_tokens: int) -> int:
         i = bisect.bisect_left(self.buckets, num_tokens) if self.buckets else 0
@@ -190,3 +212,20 @@ def _available_ram() -> int:
     import os
 
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_token_buckets(max_tokens: int) -> list[int]:
+    """Powers of two from 16, then 3/4 of the largest and the largest: at most a third of a large step is
+    padding, and there are few enough buckets that each one's schedule and CUDA graph is made once."""
+    buckets = {max_tokens}
+    b = 16
+    while b < max_tokens:
+        buckets.add(b)
+        b *= 2
+    if max_tokens >= 64:
+        buckets.add(max_tokens * 3 // 4 // 16 * 16)
+    return sorted(buckets)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()

@@ -3,7 +3,7 @@ import torch
 
 from nanoflow_compiler.models import random_model
 from nanoflow_compiler.runtime.config import EngineConfig
-from nanoflow_compiler.runtime.model_runner import ModelRunner
+from nanoflow_compiler.runtime.model_runner import ModelRunner, default_token_buckets
 from nanoflow_compiler.runtime.sampling import SamplingParams
 from nanoflow_compiler.runtime.scheduler import ScheduledBatch
 from nanoflow_compiler.runtime.sequence import Sequence
@@ -44,6 +44,28 @@ def test_padding_to_a_token_bucket(tiny):
     padded = runner.execute(ScheduledBatch([seq(range(5), [0, 1])], [5]))
     plain = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4))
     torch.testing.assert_close(padded, plain.execute(ScheduledBatch([seq(range(5), [0, 1])], [5])))
+
+
+def test_buckets_pad_rows_and_table_width_so_graphs_are_reused(tiny):
+    """Requests to min(bucket, max_num_seqs), width to a power of two: steps whose request count or context
+    grows keep the sizes (and CUDA graph) of the step before."""
+    runner = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=32, block_size=4, max_num_seqs=6,
+                                            max_num_batched_tokens=16, token_buckets=[4, 16]))
+    batch = ScheduledBatch([seq(range(9), [3, 4, 5], computed=8), seq(range(3), [6], computed=2)], [1, 1])
+    ids, _, meta = runner.prepare(batch)
+    assert (len(ids), *meta.block_tables.shape, len(meta.logits_indices)) == (4, 4, 4, 4)
+    assert meta.block_tables.tolist()[:2] == [[3, 4, 5, 0], [6, 0, 0, 0]]
+    big = ScheduledBatch([seq(range(5), [1, 2], computed=0)] + [seq(range(3), [7 + i], computed=2) for i in range(5)],
+                         [5, 1, 1, 1, 1, 1])
+    ids, _, meta = runner.prepare(big)
+    assert (len(ids), *meta.block_tables.shape) == (16, 6, 2)
+    plain = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=32, block_size=4))
+    torch.testing.assert_close(runner.execute(batch), plain.execute(batch))
+
+
+def test_default_buckets_are_few_and_hold_a_full_step():
+    assert default_token_buckets(1024) == [16, 32, 64, 128, 256, 512, 768, 1024]
+    assert default_token_buckets(2048)[-2:] == [1536, 2048] and default_token_buckets(8) == [8]
 
 
 def test_a_bucket_larger_than_the_kv_cache_is_an_error(tiny):
