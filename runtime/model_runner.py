@@ -24,6 +24,7 @@ import torch
 
 from .attention import AttnMetadata
 from .config import EngineConfig
+from .executors.base import next_serial, schedules_since
 from .scheduler import ScheduledBatch
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`."""
         return self.forward(*self.prepare(batch))[: len(batch)]
+
+    def executor_status(self) -> list[dict]:
+        """What the nanoflow executors of this runner's compiled model report (graph captures, replays, SM
+        partitions); empty when the model is eager or compiled by another backend."""
+        mark = getattr(self, "_schedule_mark", None)
+        return [] if mark is None else [s.status() for s in schedules_since(mark)]
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
         """The flat batch; padding tokens have slot -1 and token_req -1, padding rows of the block table (compiled
@@ -188,6 +195,7 @@ class ModelRunner:
             if self.buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
                 options.setdefault("token_buckets", [b for b in self.buckets if b >= 2])
         kwargs = {"options": options} if options else {}
+        self._schedule_mark = next_serial()
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).
         compiled = torch.compile(self.model, backend=backend, dynamic=True, fullgraph=True, **kwargs)

@@ -127,6 +127,9 @@ def engine_facts(engine, loaded: LoadedModel, dtype: torch.dtype) -> dict:
     stats = dict(engine.stats())
     block_size = getattr(getattr(engine, "config", None), "block_size", None)
     facts: dict = {"engine_stats": _jsonable(stats)}
+    runner = getattr(engine, "runner", None)
+    if runner is not None and hasattr(runner, "executor_status"):
+        facts["executors"] = _jsonable(runner.executor_status())
     blocks = stats.get("num_total_blocks")
     if blocks is not None and block_size is not None:
         tokens = int(blocks) * int(block_size)

@@ -16,6 +16,7 @@ stream needs `record_stream` (or allocation on that stream) before the caching a
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
@@ -91,12 +92,26 @@ class ProgramCache:
 
 
 
+_SERIAL = [0]  # the next schedule's serial number
+_LIVE: "weakref.WeakValueDictionary[int, CompiledSchedule]" = weakref.WeakValueDictionary()
+
+
 class CompiledSchedule:
-    """What the backend hands Dynamo: a Schedule IR bound to an executor, called with the graph's inputs."""
+    """What the backend hands Dynamo: a Schedule IR bound to an executor, called with the graph's inputs.
+
+    Each gets a serial number and stays findable while alive (`schedules_since`), because Dynamo hides the
+    backend's callable: the engine reports its executors' counters (graph captures, replays) through this."""
 
     def __init__(self, ir: ScheduleIR, executor: Executor):
         self.ir = ir
         self.executor = executor
+        self.serial = _SERIAL[0]
+        _SERIAL[0] += 1
+        _LIVE[self.serial] = self
+
+    def status(self) -> dict:
+        status = getattr(self.executor, "status", None)
+        return status() if status is not None else {"executor": self.executor.name}
 
     def __call__(self, *args: Any) -> Any:
         return self.executor(args)
@@ -111,3 +126,14 @@ def bind(ir: ScheduleIR, constants: Mapping[str, torch.Tensor], requested: str, 
     if reason is not None:
         ir.provenance.notes.append(reason)
     return CompiledSchedule(ir, cls(ir, constants, **{"device": device, **settings})), reason
+
+
+def next_serial() -> int:
+    """The serial number the next CompiledSchedule will get (a mark to pass to `schedules_since`)."""
+    return _SERIAL[0]
+
+
+def schedules_since(mark: int) -> list[CompiledSchedule]:
+    """The live schedules compiled since `mark` (from `next_serial`), oldest first."""
+    found = (_LIVE.get(k) for k in sorted(_LIVE.keys()) if k >= mark)
+    return [s for s in found if s is not None]

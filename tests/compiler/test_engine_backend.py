@@ -30,6 +30,7 @@ def test_greedy_smollm2_is_the_same_with_the_backend_on_and_off(smollm2):
             assert engine.stats()["compile_backend"] == "nanoflow" and engine.stats()["compile_fallback"] is None
             got = _generate(engine, prompts, params)
         assert got == eager
+        assert [s["executor"] for s in engine.runner.executor_status()] == ["sequential"] * len(compiled)
         assert compiled and all(c.ir is not None for c in compiled)  # no fallback to the traced graph
         inputs = {i.name: i.token_dim for i in compiled[0].ir.signature.inputs}
         assert [n for n, d in inputs.items() if d == 0] == ["input_ids", "positions", "meta.slot_mapping",
