@@ -35,7 +35,9 @@ class CompileOptions:
     profile_db: str | None = None
     token_inputs: list | None = None  # names of inputs whose dim 0 is the token dim: ["input_ids", "meta.slot_mapping"]
     overlap: bool = True  # False: one stream, no nano-batches (the baseline)
+    min_overlap_tokens: int = 1  # buckets with fewer tokens run as with overlap=False
     schedule: str | None = None  # an exported artifact's schedule.json (or directory): bound as stored, no passes
+    fuse_light: bool | None = None  # LIGHT nano-ops fused into inductor kernels; None: on for CUDA, off for CPU
     given: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
@@ -71,11 +73,13 @@ class CompileOptions:
             raise NanoflowOptionsError(f"executor must be one of {EXECUTOR_NAMES}, got {self.executor!r}")
         if self.plan not in (None, "auto"):
             raise NanoflowOptionsError(f"plan must be None or 'auto', got {self.plan!r}")
+        _check_int("min_overlap_tokens", self.min_overlap_tokens)
         for name in ("overlap",):
             if not isinstance(getattr(self, name), bool):
                 raise NanoflowOptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.cuda_graphs is not None and not isinstance(self.cuda_graphs, bool):
-            raise NanoflowOptionsError(f"cuda_graphs must be True, False or None, got {self.cuda_graphs!r}")
+        for name in ("cuda_graphs", "fuse_light"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise NanoflowOptionsError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         for name in ("profile_db", "schedule"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise NanoflowOptionsError(f"{name} must be a path string, got {getattr(self, name)!r}")
@@ -165,9 +169,13 @@ class CompileOptions:
 
     # -------------------------------------------------------------------------------------------- queries
 
-    def count(self, cls: str) -> int:
-        """Nano-batches per op class: LIGHT and NETWORK follow COMPUTE unless named; overlap=False means 1."""
-        if not self.overlap:
+    def overlaps(self, tokens: int | None = None) -> bool:
+        """Whether a bucket of `tokens` is split and spread over streams (None: the setting for any bucket)."""
+        return self.overlap and (tokens is None or tokens >= self.min_overlap_tokens)
+
+    def count(self, cls: str, tokens: int | None = None) -> int:
+        """Nano-batches per op class: LIGHT and NETWORK follow COMPUTE unless named; no overlap means 1."""
+        if not self.overlaps(tokens):
             return 1
         fractions = self._fractions(cls)
         return len(fractions) if fractions is not None else self._count_option(cls)
@@ -192,20 +200,20 @@ class CompileOptions:
     def sizes(self, tokens: int, cls: str, strict: bool = False) -> list[int]:
         """Nano-batch sizes of `cls` at `tokens`. More nano-batches than tokens is an error when `strict` (a bucket
         the user asked for), else the count shrinks to the token count."""
-        if self.overlap and isinstance(self.split, dict):
+        if self.overlaps(tokens) and isinstance(self.split, dict):
             for key, value in self.split.items():
                 if _bucket_key(key) == tokens:
                     per_class = value if isinstance(value, dict) else {c: value for c in OP_CLASSES}
                     fallback = per_class.get(COMPUTE) if cls in (LIGHT, NETWORK) else None
                     if cls in per_class or fallback:
                         return list(per_class.get(cls) or fallback)
-        k = self.count(cls)
+        k = self.count(cls, tokens)
         if k > tokens:
             if strict:
                 raise NanoflowOptionsError(f"{k} nano-batches for {cls} is more than the {tokens} tokens of token "
                                            f"bucket {tokens}")
             k = tokens
-        fractions = self._fractions(cls) if self.overlap and k == self.count(cls) else None
+        fractions = self._fractions(cls) if self.overlaps(tokens) and k == self.count(cls, tokens) else None
         fractions = fractions or [1.0 / k] * k
         cuts = [0]
         acc = 0.0
@@ -215,10 +223,11 @@ class CompileOptions:
             cuts.append(min(max(cut, cuts[-1] + 1), tokens - (k - 1 - i)))
         return [b - a for a, b in zip(cuts, cuts[1:])]
 
-    def streams(self, classes_present: set[str]) -> list[tuple[list[str], int]]:
-        """(classes, SMs) per stream. LIGHT and classes without a share run on the COMPUTE stream."""
+    def streams(self, classes_present: set[str], tokens: int | None = None) -> list[tuple[list[str], int]]:
+        """(classes, SMs) per stream for a bucket of `tokens`. LIGHT and classes without a share run on the COMPUTE
+        stream."""
         stream_classes = sorted((classes_present & set(STREAM_CLASSES)) | {COMPUTE}, key=OP_CLASSES.index)
-        if not self.overlap:
+        if not self.overlaps(tokens):
             return [(list(OP_CLASSES), self.device_sms)]
         shares = dict(self.sm_plan) if self.sm_plan is not None else _default_shares(stream_classes, self.device_sms)
         shares.setdefault(COMPUTE, self.device_sms - sum(shares.values()))

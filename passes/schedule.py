@@ -18,9 +18,9 @@ from .cost_model import op_seconds
 
 
 def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    for work in ctx.work.values():
+    for tokens, work in ctx.work.items():
         classes = {nano.op.cls for nano in work.ops if nano.op.kind == "compute"}
-        plan = ctx.options.streams(classes)
+        plan = ctx.options.streams(classes, tokens)
         work.streams = [ir.StreamSpec(i, classes, sms) for i, (classes, sms) in enumerate(plan)]
         stream_of = {c: s.id for s in work.streams for c in s.classes}
         for nano in work.ops:

@@ -22,6 +22,7 @@ from nanoflow_compiler.options import CompileOptions, NanoflowOptionsError
     ({"executor": "cuda"}, "executor must be one of"),
     ({"plan": "fast"}, "plan must be None or 'auto'"),
     ({"token_inputs": "input_ids"}, "token_inputs must be a non-empty list of input names"),
+    ({"min_overlap_tokens": 0}, "min_overlap_tokens must be an integer >= 1, got 0"),
 ])
 def test_bad_options_are_rejected_clearly(options, message):
     with pytest.raises(NanoflowOptionsError, match=message):
@@ -35,6 +36,15 @@ def test_remainder_share_and_defaults_are_accepted():
     assert defaults.count("COMPUTE") == defaults.count("MEMORY") == 2
     assert defaults.streams({"COMPUTE", "MEMORY"}) == [(["COMPUTE", "NETWORK", "LIGHT"], 96), (["MEMORY"], 36)]
     assert CompileOptions.from_dict({"overlap": False}).count("MEMORY") == 1
+
+
+def test_buckets_below_min_overlap_tokens_run_unsplit_on_the_whole_device():
+    """Below the GEMMs' ridge point every op is memory-bound: partitions would split bandwidth, not overlap work."""
+    options = CompileOptions.from_dict({"min_overlap_tokens": 64, "token_buckets": [16, 64], "device_sms": 132})
+    assert options.sizes(16, "MEMORY") == [16] and options.sizes(64, "MEMORY") == [32, 32]
+    assert options.streams({"COMPUTE", "MEMORY"}, 16) == [(["COMPUTE", "MEMORY", "NETWORK", "LIGHT"], 132)]
+    assert len(options.streams({"COMPUTE", "MEMORY"}, 64)) == 2
+    assert CompileOptions.from_dict({"nano_batches": 4, "min_overlap_tokens": 8, "token_buckets": [2, 8]})
 
 
 def test_backend_reports_option_errors_at_compile_time():
