@@ -194,8 +194,8 @@ class ModelRunner:
             options.setdefault("token_inputs", ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"])
             if self.buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
                 options.setdefault("token_buckets", [b for b in self.buckets if b >= 2])
-            if self.device.type == "cuda":  # under the GEMMs' ridge point (~256 tokens on H100/H200) every op is
-                options.setdefault("min_overlap_tokens", 256)  # memory-bound: SM partitions would hide nothing
+            if self.device.type == "cuda":  # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B
+                options.setdefault("min_overlap_tokens", 512)  # on an H100): such steps are memory-bound throughout
         kwargs = {"options": options} if options else {}
         self._schedule_mark = next_serial()
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
