@@ -19,12 +19,13 @@ import argparse
 import itertools
 
 import torch
+from decode_batch import PAGE, mostly_decode_batch
 from gpu_timing import capture, environment, time_graph, write_json
 
 from nanoflow_compiler.runtime import partitions
 from nanoflow_compiler.runtime.kernels import dispatch, gemm
 
-H, HQ, HKV, D, FF, PAGE, EPS = 4096, 32, 8, 128, 14336, 16, 1e-5
+H, HQ, HKV, D, FF, EPS = 4096, 32, 8, 128, 14336, 1e-5
 T, N_DECODE, CHUNK = 1024, 1008, 16
 
 
@@ -42,24 +43,15 @@ class Stack:
         self.wd = torch.randn(H, FF, generator=g, **bf) / FF ** 0.5
         self.ln1 = torch.ones(H, **bf)
         self.ln2 = torch.ones(H, **bf)
-        lens = (ctx + torch.randint(-64, 65, (N_DECODE,), generator=g, device="cuda")).clamp(min=1).tolist()
-        lens.append(N_DECODE + CHUNK)  # the prefill request: prefix 1008 + this 16-token chunk
-        max_blocks = -(-max(lens) // PAGE)
-        nblocks = len(lens) * max_blocks
-        self.caches = [(torch.randn(nblocks, PAGE, HKV, D, generator=g, **bf),
-                        torch.randn(nblocks, PAGE, HKV, D, generator=g, **bf)) for _ in range(layers)]
-        self.tables = torch.randperm(nblocks, device="cuda", generator=g).view(len(lens), max_blocks).int()
-        req = list(range(N_DECODE)) + [N_DECODE] * CHUNK
-        pos = [n - 1 for n in lens[:N_DECODE]] + list(range(N_DECODE, N_DECODE + CHUNK))
-        self.req = torch.tensor(req, device="cuda", dtype=torch.int32)
-        self.pos = torch.tensor(pos, device="cuda", dtype=torch.int64)
-        tab = self.tables.long()[self.req.long()]
-        self.slots = tab.gather(1, (self.pos // PAGE)[:, None])[:, 0] * PAGE + self.pos % PAGE
+        batch = mostly_decode_batch(ctx, g, T, CHUNK, page=PAGE)
+        self.tables, self.req, self.pos, self.slots = batch.tables, batch.req, batch.pos, batch.slots
+        self.caches = [(torch.randn(batch.num_blocks, PAGE, HKV, D, generator=g, **bf),
+                        torch.randn(batch.num_blocks, PAGE, HKV, D, generator=g, **bf)) for _ in range(layers)]
         inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device="cuda").float() / D))
         ang = self.pos.float()[:, None] * inv[None]
         self.cos, self.sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
         self.x = torch.randn(T, H, generator=g, **bf)
-        self.kv_bytes = sum(lens) * HKV * D * 2 * 2  # per layer
+        self.kv_bytes = batch.kv_tokens * HKV * D * 2 * 2  # per layer
         self.flops = 2 * T * H * (self.wqkv.shape[0] + self.wo.shape[0] + self.wgu.shape[0]) + 2 * T * FF * H
         self.q, self.attn_out, self.out = {}, {}, {}
 

@@ -7,7 +7,8 @@ schedule per stream from measured timings. Core: nanoflow_compiler.bench.plots.
 
 `bar` reads result JSONs (ours and the peers'; skipped peers are listed, not drawn) and draws NanoFlow's C/(2P) from
 the first result that has it. `gantt` reads measured records: a JSON list of [stream, op, start_ms, end_ms] (or
-objects with those keys, optionally "class"), or {"records": [...]}; or, with --chrome-trace, the GPU kernels of a
+objects with those keys, optionally "class" and "layer"), or {"records": [...], "plot_layers": [...]} as
+layer_gantt.py writes it (--layers overrides which layers are drawn); or, with --chrome-trace, the GPU kernels of a
 torch.profiler trace (`prof.export_chrome_trace(path)`), one row per CUDA stream, cut to --window START END ms.
 """
 
@@ -35,20 +36,27 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--chrome-trace", action="store_true", help="read GPU kernels from a torch.profiler trace")
     g.add_argument("--window", type=float, nargs=2, metavar=("START_MS", "END_MS"), default=None,
                    help="only kernels inside this window of the trace clock (one layer)")
+    g.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="only records of these layers (default: the file's plot_layers, else all)")
     g.add_argument("-o", "--output", required=True)
     g.add_argument("--title", default="One decoder layer, per stream (measured)")
     return p
 
 
-def load_records(path: str) -> list[tuple]:
+def load_records(path: str, layers: list[int] | None = None) -> list[tuple]:
+    """Records of the JSON; object records with a "layer" are kept only for `layers` (default: the file's
+    "plot_layers", as layer_gantt.py writes it; None keeps all)."""
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict):
+        layers = layers if layers is not None else data.get("plot_layers")
         data = data.get("records")
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of timing records or {{'records': [...]}}")
     records = []
     for r in data:
         if isinstance(r, dict):
+            if layers is not None and "layer" in r and r["layer"] not in layers:
+                continue
             try:
                 r = [r["stream"], r["op"], r["start_ms"], r["end_ms"], *([r["class"]] if "class" in r else [])]
             except KeyError as e:
@@ -89,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             window = args.window or (None, None)
             records = records_from_chrome_trace(json.loads(Path(args.timings).read_text()), *window)
         else:
-            records = load_records(args.timings)
+            records = load_records(args.timings, args.layers)
         out = gantt(records, args.output, args.title)
     print(f"wrote {out}")
     return 0

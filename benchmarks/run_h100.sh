@@ -10,7 +10,8 @@
 # Environment: MODEL (llama-3-8b), N (256 prompts), N_ABLATION (128), MNBT (1024 tokens per iteration),
 # RESULTS (benchmarks/results/h100), EXTRA (more flags for our runs, e.g. --compile-options '{...}'),
 # DEVICE (cuda) and DTYPE (bfloat16): `DEVICE=cpu DTYPE=float32 MODEL=<tiny dir> N=4` smoke-tests the script.
-# When $OUT is set (the device tool), $RESULTS is copied there at the end.
+# CMD_TIMEOUT (seconds, 0 = none) boxes each command. When $OUT is set (the device tool), $RESULTS is copied there
+# at the end. scripts/h100_run.sh runs these steps time-boxed, on a chosen GPU, packing results after each.
 set -u
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-llama-3-8b}
@@ -26,7 +27,7 @@ OURS="$GPU --max-num-batched-tokens $MNBT $EXTRA"
 
 run() {
   echo "=== $*" | tee -a "$R/commands.txt"
-  "$@" || echo "exit $?: $*" | tee -a "$R/failures.txt"
+  timeout --foreground -k 10 "${CMD_TIMEOUT:-0}" "$@" || echo "exit $?: $*" | tee -a "$R/failures.txt"
 }
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }

@@ -85,6 +85,7 @@ def gantt(
     streams = list(dict.fromkeys(str(r[0]) for r in rows))
     t0 = min(float(r[2]) for r in rows)
     fig, ax = plt.subplots(figsize=(10, 0.7 * len(streams) + 1.6))
+    labelled = 0.015 * (max(float(r[3]) for r in rows) - t0)  # narrower boxes get no label: it would not fit
     seen = set()
     for r in rows:
         stream, op, start, end = str(r[0]), str(r[1]), float(r[2]) - t0, float(r[3]) - t0
@@ -93,7 +94,7 @@ def gantt(
         ax.barh(y, end - start, left=start, height=0.6, color=_CLASS_COLOURS.get(cls, "#8C8C8C"),
                 edgecolor="white", label=None if cls in seen else cls)
         seen.add(cls)
-        if end - start > 0:
+        if end - start > labelled:
             ax.text(start + (end - start) / 2, y, op, ha="center", va="center", fontsize=6, clip_on=True)
     ax.set_yticks(range(len(streams)), streams)
     ax.invert_yaxis()
