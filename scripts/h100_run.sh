@@ -96,8 +96,8 @@ run_step() {
   box=${BOX[$step]}
   var=T_${step//-/_}; box=${!var:-$box}
   left=$((JOB_BUDGET - (SECONDS - START) - 5))
+  if (( left < 15 )); then note "== $step: skipped, $left s left of the job's $JOB_BUDGET s"; return; fi
   (( left < box )) && box=$left
-  if (( box < 15 )); then note "== $step: skipped, $left s left of the job's $JOB_BUDGET s"; return; fi
   claim "$step"
   cmd=$(command_for "$step")
   [ "$step" = search ] && cmd="$cmd $((box - 20))"  # it stops itself and writes its JSON; the box is the backstop
