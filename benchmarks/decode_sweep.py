@@ -40,6 +40,7 @@ def configs() -> dict[str, AttnConfig | DecodeConfig]:
     rest += [DecodeConfig(4, p, w, s) for p, w, s in [(1, 4, 3), (1, 4, 4), (2, 8, 3), (4, 4, 3)]]
     rest += [DecodeConfig(4, 1, 4, s, tma=True) for s in (3, 5)]
     rest += [DecodeConfig(2, 2, 4, 3), DecodeConfig(2, 1, 4, 4, tma=True)]
+    rest += [DecodeConfig(4, 1, 2, 4), DecodeConfig(4, 2, 2, 3), DecodeConfig(4, 1, 2, 4, tma=True)]  # fewer warps
     rest += [DecodeConfig(0, 1, 4, 3, persistent=True, programs_per_sm=2),
              DecodeConfig(4, 2, 4, 3, persistent=True, programs_per_sm=2),
              DecodeConfig(0, 1, 4, 3, tma=True, persistent=True, programs_per_sm=2)]
