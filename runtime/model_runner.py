@@ -26,6 +26,7 @@ from .attention import AttnMetadata
 from .config import EngineConfig
 from .executors.base import next_serial, schedules_since
 from .scheduler import ScheduledBatch
+from .tp_channel import min_over_ranks, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.buckets = self._token_buckets()
         self.max_model_len = self._max_model_len()
-        self.num_kv_blocks = config.num_kv_blocks or self._kv_blocks_from_memory()
+        self.num_kv_blocks = config.num_kv_blocks or min_over_ranks(self._kv_blocks_from_memory(), self.device)
         capacity = self.num_kv_blocks * self.block_size
         if capacity < self.max_model_len:
             if config.max_model_len is not None:
@@ -60,11 +61,15 @@ class ModelRunner:
         self.compile_seconds = 0.0
         self.min_dim = 1
         self.forward = self._compile() if config.compile else model
+        self.channel = open_channel(self.device)  # tensor parallelism: rank 0 sends each batch to the other ranks
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
         """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`."""
-        return self.forward(*self.prepare(batch))[: len(batch)]
+        inputs = self.prepare(batch)
+        if self.channel is not None:
+            self.channel.publish(*inputs)
+        return self.forward(*inputs)[: len(batch)]
 
     def executor_status(self) -> list[dict]:
         """What the nanoflow executors of this runner's compiled model report (graph captures, replays, SM
