@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanoflow_compiler.bench.args import add_engine_args, add_workload_args, options_from_args, script_main
+from nanoflow_compiler.bench.args import (
+    add_engine_args, add_parallel_args, add_workload_args, options_from_args, script_main,
+)
+from nanoflow_compiler.bench.parallel import run_on_ranks
 from nanoflow_compiler.bench.throughput import report, run_throughput
 
 
@@ -18,12 +21,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="throughput.py", description=__doc__.splitlines()[0])
     add_workload_args(p)
     add_engine_args(p)
+    add_parallel_args(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
-    report(run_throughput(opts), opts.output_json)
+    result = run_on_ranks(run_throughput, opts)
+    if result is not None:  # None: a follower rank under torchrun
+        report(result, opts.output_json)
     return 0
 
 

@@ -26,9 +26,8 @@ from nanoflow_compiler.runtime.attention import AttnMetadata
 BLOCK = 16
 
 
-def _model(name: str, num_layers: int | None, dtype: torch.dtype, device: str):
+def _model(name: str, overrides: dict, dtype: torch.dtype, device: str):
     """A random-weight preset; the same weights at every TP size (random_model draws full tensors, then cuts)."""
-    overrides = {} if num_layers is None else {"num_hidden_layers": num_layers}
     return random_model(preset_config(name, **overrides), dtype, device)
 
 
@@ -44,9 +43,9 @@ def _batch(tokens: list[list[int]], starts: list[int], tables: torch.Tensor, dev
 
 
 @torch.inference_mode()
-def greedy(name: str, num_layers: int | None, prompts: list[list[int]], steps: int, device: str) -> dict:
+def greedy(name: str, overrides: dict, prompts: list[list[int]], steps: int, device: str) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = _model(name, num_layers, torch.float32, device)
+    model = _model(name, overrides, torch.float32, device)
     per_req = -(-(max(map(len, prompts)) + steps) // BLOCK)
     model.allocate_kv_cache(len(prompts) * per_req, BLOCK, torch.float32, device)
     tables = torch.arange(len(prompts) * per_req, dtype=torch.int32).view(len(prompts), per_req)
@@ -62,10 +61,10 @@ def greedy(name: str, num_layers: int | None, prompts: list[list[int]], steps: i
 
 
 @torch.inference_mode()
-def throughput(name: str, num_layers: int | None, dtype: str, device: str, backend: str, option_sets: dict,
+def throughput(name: str, overrides: dict, dtype: str, device: str, backend: str, option_sets: dict,
                decode_tokens: int, context: int, prefill_tokens: int, warmup: int, iters: int) -> dict:
     """Tokens/s of one dense iteration per option set, compiled with `backend`, timed between barriers."""
-    model = _model(name, num_layers, getattr(torch, dtype), device)
+    model = _model(name, overrides, getattr(torch, dtype), device)
     ctx_blocks, pre_blocks = -(-context // BLOCK), -(-prefill_tokens // BLOCK)
     model.allocate_kv_cache(decode_tokens * ctx_blocks + pre_blocks, BLOCK, getattr(torch, dtype), device)
     width = max(ctx_blocks, pre_blocks)
@@ -108,6 +107,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tp_overlap.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama-3-8b", help="a random-weight preset (default llama-3-8b)")
     p.add_argument("--num-layers", type=int, default=None, help="shrink the preset to this many layers")
+    p.add_argument("--config-overrides", type=json.loads, default={}, metavar="JSON",
+                   help='more preset config changes, e.g. \'{"hidden_size": 64, "vocab_size": 256}\' (CPU smoke test)')
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel size compared with TP=1")
     p.add_argument("--device", default="cuda")
     p.add_argument("--num-prompts", type=int, default=8)
@@ -131,13 +132,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     backend = "gloo" if args.device == "cpu" else None
-    result: dict = {"model": args.model, "num_layers": args.num_layers, "tensor_parallel_size": args.tp}
+    overrides = {**args.config_overrides, **({} if args.num_layers is None else {"num_hidden_layers": args.num_layers})}
+    result: dict = {"model": args.model, "num_layers": args.num_layers, "config_overrides": overrides,
+                    "tensor_parallel_size": args.tp}
     if not args.skip_greedy:
         g = torch.Generator().manual_seed(0)
-        vocab = preset_config(args.model).vocab_size
+        vocab = preset_config(args.model, **overrides).vocab_size
         prompts = [torch.randint(0, vocab, (int(n),), generator=g).tolist()
                    for n in torch.randint(16, 65, (args.num_prompts,), generator=g)]
-        greedy_args = (args.model, args.num_layers, prompts, args.steps, args.device)
+        greedy_args = (args.model, overrides, prompts, args.steps, args.device)
         one = distributed.launch(greedy, 1, *greedy_args)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # TP=1 ran in this process; its GPU memory goes back before the ranks start
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
               f"max prefill logit diff {result['greedy']['max_abs_prefill_logit_diff']:.2e}")
     option_sets = {"overlap_off": args.overlap_off, "overlap_on": args.overlap_on}
     runs = distributed.launch(
-        throughput, args.tp, args.model, args.num_layers, args.dtype, args.device, args.backend, option_sets,
+        throughput, args.tp, args.model, overrides, args.dtype, args.device, args.backend, option_sets,
         args.decode_tokens, args.context, args.prefill_tokens, args.warmup, args.iters, backend=backend,
     )
     result["throughput"] = {"dtype": args.dtype, "backend": args.backend, "decode_tokens": args.decode_tokens,

@@ -45,6 +45,7 @@ class BenchOptions:
     output_json: str | None = None
     # latency only
     request_rate: float = float("inf")
+    tensor_parallel_size: int = 1  # ranks the model is sharded over (one GPU each); rank 0 runs the benchmark
     extra: dict = field(default_factory=dict)
 
     def warmup_prompts(self) -> int:
@@ -100,6 +101,13 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tflops", type=float, default=None, help="peak GEMM TFLOP/s C (default: measured in this run)")
     p.add_argument("--bandwidth", type=float, default=None, help="memory bandwidth in TB/s (default: measured)")
     p.add_argument("--no-telemetry", dest="telemetry", action="store_false", help="do not sample NVML")
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """Tensor parallelism, for the benchmarks of our own engine (peers and ablations have no use for it)."""
+    from .. import tensor_parallel
+
+    tensor_parallel.add_argument(p)
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:

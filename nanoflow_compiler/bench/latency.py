@@ -57,8 +57,10 @@ def run_latency(opts: BenchOptions, loaded: LoadedModel | None = None) -> dict:
         request_throughput=len(per_request) / duration, output_throughput=output_tokens / duration,
         total_token_throughput=(total_in + output_tokens) / duration,
         system="nanoflow", model=loaded.name, workload=workload.describe(), timing=warm,
+        tensor_parallel_size=opts.tensor_parallel_size,
         options={"dtype": str(opts.resolved_dtype()).removeprefix("torch."), "device": device,
-                 "compile": opts.compile, "compile_options": opts.compile_options, "ignore_eos": opts.ignore_eos},
+                 "compile": opts.compile, "compile_options": opts.compile_options, "ignore_eos": opts.ignore_eos,
+                 "tensor_parallel_size": opts.tensor_parallel_size},
         telemetry=telemetry.summary(),
     )
     result.update(environment(device))

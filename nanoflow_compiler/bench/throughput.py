@@ -50,8 +50,9 @@ def run_throughput(
     for m in messages:
         print(f"warning: {m}", file=sys.stderr)
     result = vllm_throughput_result(run.elapsed, run.num_requests, run.prompt_tokens, run.output_tokens)
-    result.update(system=system, model=loaded.name, model_source=loaded.source, workload=workload.describe())
-    result["optimal"] = optimal_report(result, workload, loaded, peaks, config, dtype)
+    result.update(system=system, model=loaded.name, model_source=loaded.source, workload=workload.describe(),
+                  tensor_parallel_size=opts.tensor_parallel_size)
+    result["optimal"] = optimal_report(result, workload, loaded, peaks, config, dtype, opts.tensor_parallel_size)
     result["timing"] = {"load_seconds": load_seconds, "engine_init_seconds": init_seconds,
                         "compile_seconds": facts["engine_stats"].get("compile_seconds"), **warm, "steps": run.num_steps,
                         "mean_step_seconds": run.elapsed / max(run.num_steps, 1)}
@@ -59,6 +60,7 @@ def run_throughput(
         "dtype": str(dtype).removeprefix("torch."), "device": device, "compile": opts.compile,
         "compile_options": compile_options if compile_options is not None else opts.compile_options,
         "backend": opts.backend, "ignore_eos": opts.ignore_eos, "token_buckets": opts.token_buckets,
+        "tensor_parallel_size": opts.tensor_parallel_size,
         "engine_config": _config_dict(config),
     }
     result.update(facts)
@@ -72,18 +74,23 @@ def run_throughput(
     return result
 
 
-def optimal_report(result: dict, workload, loaded: LoadedModel, peaks: Peaks, config, dtype) -> dict:
-    """Fractions of NanoFlow's optimal (C/2P) and of the workload roofline, with everything that went into them."""
+def optimal_report(
+    result: dict, workload, loaded: LoadedModel, peaks: Peaks, config, dtype, num_gpus: int = 1,
+) -> dict:
+    """Fractions of NanoFlow's optimal (C/2P per GPU, times the GPUs a tensor-parallel run uses) and of the workload
+    roofline (the GPUs' FLOP/s and bandwidth added up), with everything that went into them."""
     params = count_parameters(loaded.config, dtype)
-    optimal = optimal_tokens_per_second(peaks.flops_per_second, params.total)
+    optimal = num_gpus * optimal_tokens_per_second(peaks.flops_per_second, params.total)
     dense_batch = int(getattr(config, "max_num_batched_tokens", 0) or 0) or 1
-    roof = roofline(workload, loaded.config, peaks.flops_per_second, peaks.bytes_per_second, dense_batch, dtype)
+    roof = roofline(workload, loaded.config, num_gpus * peaks.flops_per_second, num_gpus * peaks.bytes_per_second,
+                    dense_batch, dtype)
     tps = result["tokens_per_second"]
     return {
         "peaks": peaks.to_dict(),
         "num_params": params.total,
         "num_params_excluding_embedding": params.total - params.embedding,
         "params_counted": "all parameters, embedding and LM head included (as NanoFlow counts)",
+        "num_gpus": num_gpus,
         "optimal_tokens_per_second": optimal,
         "fraction_of_optimal": tps / optimal,
         "dense_batch_tokens": dense_batch,

@@ -10,7 +10,7 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
-    from ..bench.args import add_engine_args, add_latency_args, add_workload_args
+    from ..bench.args import add_engine_args, add_latency_args, add_parallel_args, add_workload_args
 
     p = subparsers.add_parser("bench", help="benchmark throughput or latency (vLLM's output format)",
                               description="Benchmark our engine the way vLLM's benchmark scripts do.")
@@ -20,10 +20,12 @@ def add_parser(subparsers) -> None:
                                     "NanoFlow's optimal throughput.")
     add_workload_args(tp)
     add_engine_args(tp)
+    add_parallel_args(tp)
     lat = sub.add_parser("latency", help="TTFT, TPOT and normalized latency under Poisson arrivals",
                          description="Online latency: requests arrive as a Poisson process at --request-rate.")
     add_workload_args(lat)
     add_engine_args(lat)
+    add_parallel_args(lat)
     add_latency_args(lat)
     p.set_defaults(func=run)
 
@@ -31,11 +33,13 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench import latency, throughput
     from ..bench.args import options_from_args
+    from ..bench.parallel import run_on_ranks
 
     opts = options_from_args(args)
-    if args.bench_command == "throughput":
-        throughput.report(throughput.run_throughput(opts), opts.output_json)
-    else:
-        latency.report(latency.run_latency(opts), opts.output_json)
+    bench = throughput if args.bench_command == "throughput" else latency
+    run_bench = throughput.run_throughput if bench is throughput else latency.run_latency
+    result = run_on_ranks(run_bench, opts)
+    if result is not None:  # None: a follower rank under torchrun
+        bench.report(result, opts.output_json)
     return 0
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from .. import tensor_parallel
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -37,20 +39,36 @@ def add_parser(subparsers) -> None:
                         "weights of one exported with --no-weights")
     p.add_argument("--strict", action="store_true",
                    help="refuse an artifact made for another device (default: re-plan)")
+    tensor_parallel.add_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.prompt is None and args.prompt_token_ids is None:
         raise ValueError("give a prompt, e.g. nanoflow generate \"What is the capital of France?\"")
+    _sampling_params(args).validate()  # before the model loads, so a typo costs no wait
+    size = args.tensor_parallel_size
+    if args.artifact and size != 1:
+        raise ValueError("--artifact holds a single-process schedule; it cannot run with --tensor-parallel-size > 1")
+    tensor_parallel.check(size, args.model, args.device)
+    return tensor_parallel.launch(_generate, size, args, device=args.device)
+
+
+def _sampling_params(args: argparse.Namespace):
+    from ..runtime.sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                          max_tokens=args.max_tokens, stop=args.stop, ignore_eos=args.ignore_eos)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Every rank builds the engine; rank 0 streams the answer while the others follow its batches."""
     import torch
 
     from ..llm import LLM, apply_chat_template
-    from ..runtime.sampling import SamplingParams
+    from ..runtime.distributed import is_primary
+    from ..runtime.tp_channel import leading
 
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                            max_tokens=args.max_tokens, stop=args.stop, ignore_eos=args.ignore_eos)
-    params.validate()  # before the model loads, so a typo costs no wait
     if args.artifact:
         from ..artifact import load
 
@@ -59,9 +77,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         llm = LLM(args.model, dtype=getattr(torch, args.dtype), device=args.device, compile=not args.no_compile,
                   backend=args.backend, max_model_len=args.max_model_len, max_num_seqs=1)
-    prompt_ids = _prompt_ids(args, llm, apply_chat_template)
+    if not is_primary():
+        tensor_parallel.follow(llm.engine)
+        return 0
+    with leading():
+        _stream(args, llm, _prompt_ids(args, llm, apply_chat_template))
+    return 0
+
+
+def _stream(args: argparse.Namespace, llm, prompt_ids: list[int]) -> None:
     engine = llm.engine
-    engine.add_request("cli", prompt_ids, params)
+    engine.add_request("cli", prompt_ids, _sampling_params(args))
     start, first, count = time.perf_counter(), None, 0
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -75,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     rate = (count - 1) / (elapsed - (first - start)) if count > 1 and first else 0.0
     print(f"[{count} tokens in {elapsed:.1f} s, first token after {(first or start) - start:.2f} s, "
           f"{rate:.1f} tokens/s after it]", file=sys.stderr)
-    return 0
 
 
 def _prompt_ids(args: argparse.Namespace, llm, apply_chat_template) -> list[int]:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from .. import tensor_parallel
 from .argtypes import json_object
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -58,19 +59,37 @@ def add_parser(subparsers) -> None:
                    help="how long running requests may take to finish on shutdown (default: 30)")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
                    help="uvicorn and engine log level (default: info)")
+    tensor_parallel.add_argument(m)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server.launch import bind_socket, serve
+    from ..server.launch import bind_socket
 
+    size = args.tensor_parallel_size
+    if args.artifact and size != 1:
+        raise ValueError("--artifact holds a single-process schedule; it cannot run with --tensor-parallel-size > 1")
     sock = bind_socket(args.host, args.port)  # before the slow imports and load, so a taken port fails at once
+    if size == 1:
+        return _serve(args, sock)
+    sock.close()  # rank 0 binds it again: a socket does not travel to a spawned process
+    tensor_parallel.check(size, args.model, None if args.device == "auto" else args.device)
+    return tensor_parallel.launch(_serve, size, args, None, device=args.device)
+
+
+def _serve(args: argparse.Namespace, sock) -> int:
+    """Every rank builds the engine; rank 0 serves HTTP while the others follow its batches."""
+    from ..runtime.distributed import is_primary
+    from ..runtime.tp_channel import leading
+    from ..server.launch import bind_socket
+
+    if sock is None and is_primary():
+        sock = bind_socket(args.host, args.port)
 
     import torch
 
     from ..models import load_model
     from ..runtime.engine import EngineConfig, LLMEngine
-    from ..server import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -91,6 +110,18 @@ def run(args: argparse.Namespace) -> int:
         config = EngineConfig(compile=args.compile, compile_options=args.compile_options, dtype=dtype, device=device,
                               **knobs)
         engine = LLMEngine(loaded.model, loaded.tokenizer, config)
+    if not is_primary():
+        tensor_parallel.follow(engine)
+        return 0
+    with leading():
+        _serve_http(args, sock, engine, loaded)
+    return 0
+
+
+def _serve_http(args: argparse.Namespace, sock, engine, loaded) -> None:
+    from ..server import create_app
+    from ..server.launch import serve
+
     name = args.served_model_name or loaded.name
     app = create_app(engine, loaded.tokenizer, model_name=name, api_key=args.api_key, max_queued=args.max_queued,
                      max_tokens_limit=args.max_tokens_limit, drain_timeout_s=args.drain_timeout)
@@ -98,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"nanoflow serve: '{name}' on http://{_url_host(host)}:{port}/v1 (context {engine.max_model_len} tokens"
           f"{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
     serve(app, sock, log_level=args.log_level)
-    return 0
 
 
 def _url_host(host: str) -> str:

@@ -1,0 +1,38 @@
+"""`benchmarks/tp_overlap.py` end to end on CPU (gloo, two ranks, a tiny Llama): the device script's first step.
+
+It runs as a script in a process of its own, as on the device: its rank functions live in `__main__`, which spawned
+ranks import by path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tp_overlap.py"
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=256, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+
+
+def test_tp2_greedy_equals_tp1_and_both_overlap_settings_run(tmp_path):
+    out = tmp_path / "tp_overlap.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32",
+         "--config-overrides", json.dumps(TINY), "--num-prompts", "3", "--steps", "6", "--decode-tokens", "8",
+         "--context", "32", "--prefill-tokens", "24", "--warmup", "1", "--iters", "2", "--output", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    greedy = result["greedy"]
+    assert greedy["tokens_equal"] and greedy["prompts_equal"] == 3
+    assert greedy["max_abs_prefill_logit_diff"] < 1e-4
+    runs = result["throughput"]
+    assert runs["overlap_off"]["options"] == {"nano_batches": 1}
+    for label in ("overlap_off", "overlap_on"):
+        assert runs[label]["tokens_per_second"] > 0
+    assert result["tensor_parallel_size"] == 2 and result["config_overrides"]["hidden_size"] == 64
+    assert "overlap on / off" in run.stdout
