@@ -101,7 +101,7 @@ run_step() {
   claim "$step"
   cmd=$(command_for "$step")
   [ "$step" = search ] && cmd="$cmd $((box - 20))"  # it stops itself and writes its JSON; the box is the backstop
-  var=CMD_TIMEOUT_$step
+  var=CMD_TIMEOUT_${step//-/_}
   export CMD_TIMEOUT=${!var:-${CMD_BOX[$step]:-0}}  # run_h100.sh boxes each of its commands with it
   note "== $step ($box s box): $cmd"
   t0=$SECONDS
