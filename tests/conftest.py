@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
+
+# The server tests need the 'serve' extra (fastapi, uvicorn, httpx, openai); the GPU machine runs `-m gpu` without it.
+collect_ignore = [] if all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn", "httpx", "openai")) else ["server"]
 
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; run scripts/gpu_suite.sh on the device")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; run scripts/h100_run.sh gpu-tests on the device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

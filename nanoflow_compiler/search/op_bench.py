@@ -33,7 +33,19 @@ def parse_kind(kind: str) -> tuple[str, dict[str, int], str]:
 
 
 def make_cuda_op(spec: OpSpec, tokens: int, device: str = "cuda", block_size: int = 16) -> Callable[[], None]:
-    """A closure that launches one instance of the op on the current stream, with its buffers preallocated."""
+    """A closure that launches one instance of the op on the current stream, with its buffers preallocated.
+
+    The buffers are filled on the current stream and the timers launch the op on partition streams that do not
+    wait for it, so this waits for them: an op that ran first read a block table still being written (an illegal
+    address on the H200 whenever launches were not serialised)."""
+    import torch
+
+    op = _cuda_op(spec, tokens, device, block_size)
+    torch.cuda.synchronize(device)
+    return op
+
+
+def _cuda_op(spec: OpSpec, tokens: int, device: str, block_size: int) -> Callable[[], None]:
     import torch
     import torch.nn.functional as F
 
