@@ -78,9 +78,9 @@ class Sampler:
             top_p = torch.tensor([p.top_p for p in params], device=device)
             logits = apply_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
-        noise = torch.ones_like(probs)
+        noise = torch.empty_like(probs).exponential_()  # unseeded rows: one launch on the global RNG
         for row, (p, gen) in enumerate(zip(params, generators, strict=True)):
-            if not p.greedy:
+            if gen is not None and not p.greedy:  # a seeded row redraws from its own generator
                 noise[row].exponential_(generator=gen)
         noise.clamp_(min=torch.finfo(noise.dtype).tiny)  # a zero draw would turn a masked token's 0/0 into NaN
         sampled = (probs / noise).argmax(dim=-1)
