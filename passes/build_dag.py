@@ -3,7 +3,8 @@
 Edges come from what each op reads and writes (root value, token range): a reader depends on every earlier writer
 of an overlapping range (data), a writer on every earlier reader and writer of an overlapping range (mutation,
 so that KV appends stay ordered with the attention that reads the cache), and every op on the op that created the
-objects it names (object: allocations, views). The transitive reduction of the device ops' DAG is the minimal set
+objects it names (object: allocations, views). Collectives are chained in `collectives.order_key` order (order),
+so that every rank issues them in the same order. The transitive reduction of the device ops' DAG is the minimal set
 of dependencies that the schedule turns into cross-stream waits.
 """
 
@@ -52,6 +53,9 @@ def build(work: BucketWork) -> nx.DiGraph:
         for name in op.outputs:
             if name is not None:
                 producer[name] = i
+    chain = sorted((nano.order, nano.op.id) for nano in work.ops if nano.order is not None)
+    for (_, u), (_, v) in zip(chain, chain[1:]):
+        _edge(dag, u, v, "order")
     return dag
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from ..runtime.ir import NETWORK
+from . import collectives  # noqa: F401  (registers the token rules of functional collectives)
 from . import token_rules
 from .classify_ops import op_name
 from .context import INFO, NodeInfo, PassContext
@@ -68,9 +69,10 @@ def _split_or_reason(node: fx.Node, info: NodeInfo, env: TokenEnv, known: set[st
     sizes = [s for shape in info.shapes + info.strides if shape is not None for s in shape]
     if any(getattr(s, "free_symbols", set()) and {x.name for x in s.free_symbols} - known for s in sizes):
         return "has an output whose size depends on data"
-    if info.cls == NETWORK:
-        return "is a collective (collectives are not split yet)"
     rule = token_rules.lookup(node.target)
+    if rule is None and info.cls == NETWORK:
+        return "is a collective without a split rule (functional all_reduce, all_gather_into_tensor and " \
+               "reduce_scatter_tensor have one)"
     if rule is None:
         return "has no token rule (register one with passes.token_rules.register_token_rule)"
     decision = rule(node, env)

@@ -5,6 +5,14 @@ they are short and sit between GEMMs: a stream of their own would cost a cross-s
 scheduling by upward rank on the analytical cost model orders each stream and gives one global issue order (a
 topological order: ops start after their predecessors). Waits come from the reduced DAG: an op waits for an op of
 another stream only when neither its own stream's order nor its other waits already imply it (vector clocks).
+
+Collectives (NETWORK) get a stream of their own, so that nano-batch k's all-reduce and its wait hold only that
+stream while COMPUTE runs nano-batch k+1's GEMMs. Its SM share is small (8 SMs, the partition granularity, unless
+`sm_plan` says otherwise): NCCL launches its kernels on the process group's own stream, outside any green context,
+so no partition can bound them. The NETWORK partition runs only waits (and, for collectives that cannot reduce in
+place, small copies), so its SMs stay nearly idle and NCCL's few CTAs find free SMs there instead of queueing
+behind persistent GEMMs that fill their own partition (NCCL_MAX_CTAS=8 caps NCCL at as many CTAs). Collectives
+issue in program order on every rank (`collectives`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import networkx as nx
 from torch import fx
 
 from ..runtime import ir
+from .collectives import check_order
 from .context import BucketWork, PassContext
 from .cost_model import op_seconds
 
@@ -27,6 +36,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             nano.op.stream = stream_of[nano.op.cls] if nano.op.kind == "compute" else ir.HOST
         durations = _durations(work, ctx.options.device_sms)
         work.order, work.predicted_s = list_schedule(work.dag, durations, {n.op.id: n.op.stream for n in work.ops})
+        check_order(work)
         _assign_waits(work)
     return gm
 

@@ -4,7 +4,8 @@ A split node gets one buffer per output (shape and strides of the whole value, w
 per nano-batch of its op class: inputs narrowed to the nano-batch's tokens along their token dims, the result
 written into the buffer's slice, through the op's out= variant where it has one (else computed and copied in), so
 no concat ever happens. Views are not nano-ops: they run once on the whole buffer, and consumers narrow the view.
-Each op records what it reads and writes (root value, token range) for `build_dag`.
+Each op records what it reads and writes (root value, token range) for `build_dag`. Collectives and their waits
+split in pairs, as `collectives` says.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import fx
 
 from ..runtime import ir
+from . import collectives
 from .annotate_shapes import CONTEXT
 from .classify_ops import op_name
 from .context import INFO, BucketWork, PassContext
@@ -31,6 +33,7 @@ class NanoOp:
     writes: list = field(default_factory=list)
     uses: list = field(default_factory=list)  # value names whose objects the op needs
     cost: tuple = (0.0, 0.0)  # FLOPs, bytes
+    order: tuple | None = None  # NETWORK ops: their place in the one order all ranks issue collectives in
 
 
 class Values:
@@ -40,9 +43,11 @@ class Values:
         self.names: dict[fx.Node, list] = {}
         self.root: dict[str, str] = {}
         self.token_dim: dict[str, int | None] = {}
+        self.position = {node: i for i, node in enumerate(gm.graph.nodes)}
         placeholders = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
         for node in gm.graph.nodes:
             info = node.meta[INFO]
+            alias = _inplace_alias(node) or collectives.in_place_input(node)
             if node.op == "placeholder":
                 names = [ctx.inputs[placeholders[node]].name]
             elif node.op == "get_attr":
@@ -51,8 +56,8 @@ class Values:
                 names = [self.names[node.args[0]][node.args[1]]]
             elif info.mode == "sym" or node.op == "output":
                 names = []
-            elif _inplace_alias(node) is not None:
-                names = [self.names[_inplace_alias(node)][0]]
+            elif alias is not None:
+                names = [self.names[alias][0]]
             elif info.mode == "host":
                 names = [node.name]
             elif len(info.shapes) == 1 and not _is_list(node):
@@ -60,7 +65,7 @@ class Values:
             else:
                 names = [f"{node.name}.{i}" for i in range(len(info.shapes))]
             self.names[node] = names
-            if info.mode == "alias" or _inplace_alias(node) is not None:
+            if info.mode == "alias" or alias is not None:
                 continue
             base = self.root[self.names[node.args[0]][0]] if info.mode == "view" else None
             for name, dim in zip(names, info.token_dims or [None] * len(names)):
@@ -131,7 +136,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
             info = node.meta[INFO]
             if info.mode == "split":
                 segs = [(cuts.index(a), cuts.index(b)) for a, b in zip(bounds[info.cls], bounds[info.cls][1:])]
-                builder.split(node, segs)
+                (builder.collective if collectives.is_split_collective(node) else builder.split)(node, segs)
             else:
                 builder.single(node)
         ctx.work[tokens] = work
@@ -152,7 +157,8 @@ class _Builder:
 
     def _emit(self, node: fx.Node, target: str, kind: str, **fields) -> ir.Op:
         op = ir.Op(len(self.work.ops), node.name, target, kind, node.meta[INFO].cls, **fields)
-        self.work.ops.append(NanoOp(op))
+        order = collectives.order_key(node, op.seg, self.values.position) if op.cls == ir.NETWORK else None
+        self.work.ops.append(NanoOp(op, order=order if kind == "compute" else None))
         return op
 
     def single(self, node: fx.Node) -> None:
@@ -187,12 +193,7 @@ class _Builder:
             if shape is None or (out_op is None and i not in used):
                 buffers.append(None)
                 continue
-            fake = fakes[i]
-            self._emit(node, "aten.empty_strided.default", "alloc", outputs=[name],
-                       args=[ir.Seq(tuple(ir.Sym(expr_str(s)) for s in shape)),
-                             ir.Seq(tuple(ir.Sym(expr_str(s)) for s in stride))],
-                       kwargs={"dtype": _const(fake.dtype), "device": _const(fake.device)})
-            buffers.append(ir.Ref(name, dim, expr_str(token_factor(shape[dim], self.ctx.token))))
+            buffers.append(self._alloc(node, name, shape, stride, dim, fakes[i]))
         if out_op is not None:
             out_names = [a.name for a in out_op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
         mutated = _mutated_paths(node)
@@ -211,16 +212,64 @@ class _Builder:
             nano = self.work.ops[-1]
             nano.uses = [r.value for r, _ in refs] + [b.value for b in buffers if b is not None]
             for ref, path in refs:
-                root = self.values.root[ref.value]
-                aligned = ref.dim is not None and ref.dim == self.values.token_dim.get(ref.value)
                 if path[:1] in info.causal:
-                    access = (root, seg if path[:1] in mutated else (0, seg[1]))
+                    access = (self.values.root[ref.value], seg if path[:1] in mutated else (0, seg[1]))
                 else:
-                    access = (root, seg if aligned else None)
+                    access = self._read(ref, seg)
                 (nano.writes if path[:1] in mutated else nano.reads).append(access)
             nano.writes += [(b.value, seg) for b in buffers if b is not None]
             length = self.work.cuts[seg[1]] - self.work.cuts[seg[0]]
             nano.cost = self._cost(node, length)
+
+    def collective(self, node: fx.Node, segs: list[tuple[int, int]]) -> None:
+        """A collective and its wait, one pair per nano-batch, nano-wait k right after nano-collective k (so op ids
+        follow the order of `collectives.order_key`): in place on the input's rows, or out of place into a value per
+        nano-batch that the wait copies into the rows of its buffer once it is valid. A wait comes with its
+        collective, so its own turn emits nothing."""
+        if collectives.collective_of(node) is not node:
+            return
+        wait = next(iter(node.users))
+        info, x = node.meta[INFO], collectives.in_place_input(node)
+        dim = info.token_dims[0]
+        if x is None:
+            winfo = wait.meta[INFO]
+            buffer = self._alloc(wait, self.values.names[wait][0], winfo.shapes[0], winfo.strides[0], dim,
+                                 wait.meta["val"])
+        for k, seg in enumerate(segs):
+            length = self.work.cuts[seg[1]] - self.work.cuts[seg[0]]
+            if x is not None:  # all_reduce_ on rows of x, then the wait on them
+                name = self.values.names[x][0]
+                ref = ir.Ref(name, dim, expr_str(token_factor(info.shapes[0][dim], self.ctx.token)))
+                consts = [_const(a) for a in list(bound_args(node).values())[1:]]
+                self._emit(node, collectives.ALL_REDUCE_INPLACE, "compute", args=[ref, *consts], seg=seg)
+                self._emit(wait, collectives.WAIT, "compute", args=[ref], seg=seg)
+                for nano in self.work.ops[-2:]:
+                    nano.uses, nano.writes = [name], [(self.values.root[name], seg)]
+            else:  # the functional collective on the narrowed input; its wait copies the result into its rows
+                args, kwargs, refs = self._args(node, info.narrow, seg)
+                value = collectives.nano_value(node, k)
+                self._emit(node, op_name(node.target), "compute", args=args, kwargs=kwargs, outputs=[value], seg=seg)
+                nano = self.work.ops[-1]
+                nano.uses, nano.writes = [r.value for r, _ in refs], [(value, None)]
+                nano.reads = [self._read(ref, seg) for ref, _ in refs]
+                self._emit(wait, collectives.WAIT, "compute", args=[ir.Ref(value)], outputs=[None],
+                           copy_to=[buffer], seg=seg)
+                w = self.work.ops[-1]
+                w.uses, w.reads, w.writes = [value, buffer.value], [(value, None)], [(buffer.value, seg)]
+            self.work.ops[-2].cost = self._cost(node, length)  # the wait costs nothing: it only holds its stream
+
+    def _read(self, ref: ir.Ref, seg: tuple) -> tuple:
+        """(root, token range) that `ref` touches: the nano-batch's rows where it is narrowed along its token dim."""
+        aligned = ref.dim is not None and ref.dim == self.values.token_dim.get(ref.value)
+        return self.values.root[ref.value], seg if aligned else None
+
+    def _alloc(self, node: fx.Node, name: str, shape: tuple, stride: tuple, dim: int, fake) -> ir.Ref:
+        """A buffer for a split value, and the Ref by which nano-ops write their rows of it."""
+        self._emit(node, "aten.empty_strided.default", "alloc", outputs=[name],
+                   args=[ir.Seq(tuple(ir.Sym(expr_str(s)) for s in shape)),
+                         ir.Seq(tuple(ir.Sym(expr_str(s)) for s in stride))],
+                   kwargs={"dtype": _const(fake.dtype), "device": _const(fake.device)})
+        return ir.Ref(name, dim, expr_str(token_factor(shape[dim], self.ctx.token)))
 
     def _args(self, node: fx.Node, narrow: dict, seg) -> tuple[list, dict, list]:
         """IR arguments of `node` (narrowed where `narrow` says, when `seg` is set) and the Refs with their paths."""

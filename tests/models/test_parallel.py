@@ -3,6 +3,8 @@
 The two-process run covers Llama (tied and untied heads, an odd vocabulary, replicated KV heads, Qwen2 biases) and
 Mixtral, through both ways weights reach a rank (random draw at full shape, and cutting a full state dict), for a
 prefill of two requests plus one KV-cache decode step, and checks that the collectives are nodes of the traced graph.
+A second two-process run compiles the TP=2 Llama with the nanoflow backend at 2 and 3 nano-batches: it must equal
+TP=1 eager, with one all-reduce per nano-batch on the NETWORK stream, issued in the same order on both ranks.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ def _prefill_batch():
 
 
 @torch.inference_mode()  # as the engine's model runner calls the model
-def _prefill_then_decode(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+def _prefill_then_decode(model: LlamaForCausalLM, forward=None) -> dict[str, torch.Tensor]:
+    """`forward` (default: the model itself) runs the steps, e.g. the model compiled."""
+    forward = model if forward is None else forward
     model.allocate_kv_cache(4 * len(PROMPTS), BLOCK, torch.float32, "cpu")
-    prefill = model(*_prefill_batch())
+    prefill = forward(*_prefill_batch())
     pos, meta = _meta([[len(p)] for p in PROMPTS], list(range(len(PROMPTS))))
-    decode = model(prefill.argmax(-1), pos, meta)
+    decode = forward(prefill.argmax(-1), pos, meta)
     return {"prefill": prefill, "decode": decode}
 
 
@@ -107,6 +111,64 @@ def _tp_worker(configs: dict) -> dict:
 @pytest.fixture(scope="module")
 def tp2():
     return distributed.launch(_tp_worker, 2, _configs(), backend="gloo")
+
+
+NANO_BATCHES = (2, 3)
+
+
+def _compiled_worker(config) -> dict:
+    """Per nano-batch count: the nanoflow-compiled TP=2 Llama's logits, the NETWORK ops of the prefill's plan
+    (target, token span, stream classes) in issue order, and that order as every rank has it."""
+    import torch.distributed as dist
+
+    from nanoflow_compiler import backend
+
+    results = {}
+    for k in NANO_BATCHES:
+        torch._dynamo.reset()
+        model = _build("llama3", config)
+        with backend.capture() as compiled:
+            fn = torch.compile(model, backend="nanoflow", dynamic=True, fullgraph=True, options={"nano_batches": k})
+            logits = _prefill_then_decode(model, fn)
+        plan = compiled[0].ir.buckets[0]
+        classes = {s.id: s.classes for s in plan.streams}
+        network = [(op.target, (plan.cuts[op.seg[0]], plan.cuts[op.seg[1]]) if op.seg else None, classes[op.stream])
+                   for op in plan.ops if op.cls == "NETWORK" and op.kind == "compute"]
+        orders = [None] * dist.get_world_size()
+        dist.all_gather_object(orders, [(op.node, op.seg) for op in plan.ops if op.cls == "NETWORK"])
+        results[k] = {**logits, "network": network, "orders": orders, "nano_batches": plan.nano_batches,
+                      "notes": compiled[0].ir.provenance.notes}
+    return results
+
+
+@pytest.fixture(scope="module")
+def tp2_compiled():
+    return distributed.launch(_compiled_worker, 2, _configs()["llama3"], backend="gloo")
+
+
+@pytest.mark.parametrize("k", NANO_BATCHES)
+def test_tp2_nanoflow_compiled_equals_tp1_eager(tp2_compiled, k):
+    config = _configs()["llama3"]
+    ref = _prefill_then_decode(random_model(config, torch.float32, "cpu", seed=0))
+    got = tp2_compiled[k]
+    for step in ("prefill", "decode"):
+        torch.testing.assert_close(got[step], ref[step], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", NANO_BATCHES)
+def test_tp2_nanoflow_plan_has_one_all_reduce_per_nano_batch_on_the_network_stream(tp2_compiled, k):
+    got = tp2_compiled[k]
+    sizes = got["nano_batches"]["NETWORK"]
+    assert len(sizes) == k
+    spans = [(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(k)]
+    reduces = [(span, classes) for target, span, classes in got["network"]
+               if target == "_c10d_functional.all_reduce_.default"]
+    layers = TINY["num_hidden_layers"]  # the embedding's and each layer's o_proj and down_proj, in place
+    assert reduces == [(span, ["NETWORK"]) for _ in range(1 + 2 * layers) for span in spans]
+    waits = [span for target, span, _ in got["network"] if target == "_c10d_functional.wait_tensor.default"]
+    assert waits.count(None) == 1 and len(waits) == 1 + (1 + 2 * layers) * k  # the LM head's gather is unsplit
+    assert got["orders"][0] == got["orders"][1]  # NCCL would deadlock on ranks issuing in different orders
+    assert not any("all_reduce" in note for note in got["notes"])
 
 
 @pytest.mark.parametrize("name", list(_configs()))
