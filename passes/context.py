@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import sympy
 
+from ..runtime.ir import NanoflowWarning  # shared with the executors, which warn too
+
 if TYPE_CHECKING:
     import networkx as nx
 
@@ -16,10 +18,6 @@ if TYPE_CHECKING:
     from ..runtime.ir import ScheduleIR
 
 INFO = "nanoflow"  # node.meta key of NodeInfo
-
-
-class NanoflowWarning(UserWarning):
-    """A region the backend runs unsplit, or a fallback it took; results are unaffected."""
 
 
 @dataclass

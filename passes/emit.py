@@ -1,4 +1,4 @@
-"""Pass 7: the Schedule IR of all buckets, bound to an executor: the callable the backend returns.
+"""Pass 8: the Schedule IR of all buckets, bound to an executor: the callable the backend returns.
 
 The IR names every graph input (parameters by their module path, so that an artifact reloads them by name),
 the constants the module must hold, the symbols and where each is read off the inputs, and per bucket the ops in

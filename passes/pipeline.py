@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import fx
 
-from . import annotate_shapes, build_dag, classify_ops, emit, find_token_dim, schedule, split_nanobatches
+from . import (annotate_shapes, build_dag, classify_ops, emit, find_token_dim, fuse_light_ops, schedule,
+               split_nanobatches)
 from .context import PassContext
 
-PASSES = (annotate_shapes, classify_ops, find_token_dim, split_nanobatches, build_dag, schedule, emit)
+PASSES = (annotate_shapes, classify_ops, find_token_dim, split_nanobatches, build_dag, schedule, fuse_light_ops, emit)
 
 
 def run_pipeline(gm: fx.GraphModule, ctx: PassContext, until: str | None = None) -> fx.GraphModule:

@@ -37,7 +37,7 @@ def run(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
         durations = _durations(work, ctx.options.device_sms)
         work.order, work.predicted_s = list_schedule(work.dag, durations, {n.op.id: n.op.stream for n in work.ops})
         check_order(work)
-        _assign_waits(work)
+        assign_waits(work)
     return gm
 
 
@@ -100,7 +100,7 @@ def _issue_hosts(dag: nx.DiGraph, u: int, host: set, issued: set, order: list) -
         issued.add(p)
 
 
-def _assign_waits(work: BucketWork) -> None:
+def assign_waits(work: BucketWork) -> None:
     """clock[op][s] = the last position on stream s known complete when op starts; wait only to advance it."""
     ops = {n.op.id: n.op for n in work.ops}
     position: dict[int, int] = {}

@@ -19,13 +19,18 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ops may carry a fusion `group`; version 1 (no groups) still loads
+READABLE_VERSIONS = (1, 2)
 TOKEN_SYMBOL = "T"
 # Resource classes of ops. LIGHT ops (norms, activations, rope) have no stream of their own: they run on COMPUTE's.
 COMPUTE, MEMORY, NETWORK, LIGHT = "COMPUTE", "MEMORY", "NETWORK", "LIGHT"
 OP_CLASSES = (COMPUTE, MEMORY, NETWORK, LIGHT)
 STREAM_CLASSES = (COMPUTE, MEMORY, NETWORK)
 HOST = None  # the stream of ops that only touch tensor metadata or Python scalars (alloc, views, item())
+
+
+class NanoflowWarning(UserWarning):
+    """A region the backend runs unsplit, or a fallback the compiler or an executor took; results are unaffected."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class Op:
     Results bind to `outputs` (None drops one); a result listed in `copy_to` is copied into that narrowed buffer
     instead (ops without an out= variant). `seg` = (a, b): the op covers tokens [cuts[a], cuts[b]); None = all.
     `waits`: ids of ops on other streams whose completion this op waits for (the minimal set).
+    `group`: LIGHT ops with the same group id run as one fused kernel (consecutive in issue order, one stream,
+    one segment; only the first may wait); None runs the op on its own.
     """
 
     id: int
@@ -82,6 +89,7 @@ class Op:
     seg: tuple | None = None
     stream: int | None = HOST
     waits: list = field(default_factory=list)
+    group: int | None = None
 
 
 @dataclass
@@ -156,9 +164,9 @@ class ScheduleIR:
     @classmethod
     def from_json(cls, text: str) -> "ScheduleIR":
         data = json.loads(text)
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"Schedule IR version {data.get('version')!r} is not supported "
-                             f"(expected {FORMAT_VERSION})")
+                             f"(expected one of {READABLE_VERSIONS})")
         return _decode_ir(data)
 
     def bucket(self, tokens: int) -> BucketPlan:
@@ -233,7 +241,6 @@ def _decode_ir(data: dict) -> ScheduleIR:
         outputs=arg_from_json(data["outputs"]),
         buckets=buckets,
         provenance=Provenance(**data["provenance"]),
-        version=data["version"],
     )
 
 

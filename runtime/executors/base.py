@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import torch
 
 from ..ir import ScheduleIR
+from .fusion import FusionStats, fuse_program
 from .program import Program, materialize, symbol_getters
 
 EXECUTOR_NAMES = ("sequential", "stream", "graph", "auto")
@@ -70,11 +71,13 @@ def select_executor(requested: str, device: torch.device, settings: Mapping[str,
 
 
 class ProgramCache:
-    """Concrete programs per binding of the plan's symbols (token count and other sizes), least recently used out."""
+    """Concrete programs per binding of the plan's symbols (token count and other sizes), least recently used out;
+    each with its marked LIGHT groups fused (`fusion.py`)."""
 
     def __init__(self, ir: ScheduleIR, capacity: int = 64):
         self.ir = ir
         self.capacity = capacity
+        self.fusion = FusionStats()
         self._getters = symbol_getters(ir)
         self._programs: OrderedDict[tuple, Program] = OrderedDict()
 
@@ -82,7 +85,9 @@ class ProgramCache:
         key = tuple(get(args) for _, get in self._getters)
         program = self._programs.get(key)
         if program is None:
-            program = materialize(self.ir, {name: value for (name, _), value in zip(self._getters, key)})
+            binding = {name: value for (name, _), value in zip(self._getters, key)}
+            program = materialize(self.ir, binding)
+            fuse_program(program, self.ir, binding, self.fusion)
             self._programs[key] = program
             if len(self._programs) > self.capacity:
                 self._programs.popitem(last=False)

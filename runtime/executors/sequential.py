@@ -35,6 +35,10 @@ class SequentialExecutor:
         with torch.no_grad():
             return run_program(program, env)
 
+    def status(self) -> dict:
+        """What the engine and benchmarks report: fused LIGHT groups, fusion fallbacks and compile time."""
+        return {"executor": self.name, **self.programs.fusion.status()}
+
     def _bind(self, args: Sequence[Any]) -> tuple[Program, dict]:
         """The program for these sizes, and the environment its steps read: constants plus this call's inputs."""
         env = dict(self.constants)

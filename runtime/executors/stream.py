@@ -167,7 +167,8 @@ class StreamExecutor(SequentialExecutor):
                      {"name": parts[sid].name, "disjoint": parts[sid].disjoint, "backend": parts[sid].backend}}
                     for sid, sms in key] for key, parts in self._parts.items()]
         return {"executor": self.name, "device_sms": self.device_sms, "layouts": layouts,
-                "disjoint": self.fallback_reason is None, "fallback_reason": self.fallback_reason}
+                "disjoint": self.fallback_reason is None, "fallback_reason": self.fallback_reason,
+                **self.programs.fusion.status()}
 
     def _partitions_for(self, specs: list[StreamSpec]) -> dict | None:
         if len(specs) == 1 and specs[0].sms >= self.device_sms:

@@ -21,6 +21,7 @@ from nanoflow_compiler.options import CompileOptions, NanoflowOptionsError
     ({"nano_batches": 3, "split": [0.5, 0.5]}, "split gives 2 nano-batches for COMPUTE but nano_batches says 3"),
     ({"executor": "cuda"}, "executor must be one of"),
     ({"plan": "fast"}, "plan must be None or 'auto'"),
+    ({"fuse_light": "yes"}, "fuse_light must be True, False or None, got 'yes'"),
     ({"token_inputs": "input_ids"}, "token_inputs must be a non-empty list of input names"),
     ({"min_overlap_tokens": 0}, "min_overlap_tokens must be an integer >= 1, got 0"),
 ])
