@@ -88,7 +88,7 @@ def compiled(recipe: Recipe, examples: list, counters: CompileCounters) -> Calla
         try:
             found = _compile(recipe, examples)
         except Exception as e:  # noqa: BLE001 - any inductor failure means: run this group unfused
-            found = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            found = describe(e)
         seconds = time.perf_counter() - start
         for c in (counters, PROCESS):
             c.compiles += 1
@@ -102,10 +102,21 @@ def compiled(recipe: Recipe, examples: list, counters: CompileCounters) -> Calla
     return found
 
 
+def mark_failed(recipe: Recipe, examples: list, reason: str) -> None:
+    """Remember that the callable for these inputs failed when it first ran, so that no other group uses it."""
+    _CACHE[(recipe, tuple(_meta(x) for x in examples))] = reason
+
+
 def _meta(x: Any) -> tuple:
     if isinstance(x, torch.Tensor):
         return (tuple(x.shape), x.stride(), x.dtype, x.device, x.data_ptr() % ALIGNMENT == 0)
     return ("scalar", type(x), x)  # baked into the graph: another value is another graph
+
+
+def describe(error: Exception) -> str:
+    """The exception's type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _compile(recipe: Recipe, examples: list) -> Callable[[list], list]:

@@ -239,7 +239,15 @@ class FusedGroup:
             self._prepare(values)
             if self.unfused:
                 return self._run_unfused(env)
-        for name, value in zip(self.names, self.fn(values)):
+            try:  # the first run of a fresh callable may still fail (a kernel that does not launch)
+                results = self.fn(values)
+            except Exception as e:  # noqa: BLE001 - the unfused ops rewrite everything it may have written
+                fused_kernel.mark_failed(self.recipe, values, fused_kernel.describe(e))
+                self._fall_back(fused_kernel.describe(e))
+                return self._run_unfused(env)
+        else:
+            results = self.fn(values)
+        for name, value in zip(self.names, results):
             env[name] = value
 
     def _prepare(self, values: list) -> None:
@@ -248,8 +256,11 @@ class FusedGroup:
         try:
             self.fn = fused_kernel.compiled(self.recipe, values, self.stats.counters)
         except FusionCompileError as e:
-            self.unfused = True
-            self.stats.fell_back(f"inductor failed on {self.members[0].op.node}..{self.members[-1].op.node}: {e}")
+            self._fall_back(str(e))
+
+    def _fall_back(self, reason: str) -> None:
+        self.unfused = True
+        self.stats.fell_back(f"inductor failed on {self.members[0].op.node}..{self.members[-1].op.node}: {reason}")
 
     def _run_unfused(self, env: dict) -> None:
         for m in self.members:
