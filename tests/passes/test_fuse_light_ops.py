@@ -108,3 +108,17 @@ def test_fusion_is_off_on_cpu_by_default(trace, mlp_args, options):
         assert [len(g) for g in groups.values()] == [6, 2]
     else:
         assert groups == {}
+
+
+def test_unsplit_light_ops_group_too_and_hand_on_their_named_results(trace):
+    def barrier(x):  # the sort mixes tokens: it and the sigmoid run unsplit, their results are named values
+        return (torch.sort(x, dim=0).values.sigmoid() + x) * 2
+
+    x = torch.randn(8, 6)
+    _, ctx = trace(barrier, x, options={"nano_batches": 2, **FUSE})
+    groups = list(groups_of(ctx.ir.buckets[0]).values())
+    assert [([op.node for op in g], g[0].seg) for g in groups] == [
+        (["sort", "sigmoid"], None), (["add", "mul"], (0, 1)), (["add", "mul"], (1, 2))]
+    torch.testing.assert_close(ctx.module(x), barrier(x))  # inductor, on the CPU here
+    status = ctx.module.executor.status()
+    assert status["fused_groups"] == 3 and status["fusion_fallback"] is None
