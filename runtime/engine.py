@@ -34,7 +34,8 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.config)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, self.config.max_num_batched_tokens, self.config.max_num_seqs)
+        self.scheduler = Scheduler(self.block_manager, self.config.max_num_batched_tokens, self.config.max_num_seqs,
+                                   self.runner.attention_cuts)
         self.sampler = Sampler()
         self.eos_token_ids = _eos_ids(model.config, tokenizer)
         self.vocab_size = model.config.vocab_size

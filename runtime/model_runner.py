@@ -24,7 +24,9 @@ import torch
 
 from .attention import AttnMetadata
 from .config import EngineConfig
-from .executors.base import next_serial, schedules_since
+from .executors.base import next_serial, schedules_since, take_last_run
+from .executors.program import class_cuts
+from .ir import MEMORY
 from .scheduler import ScheduledBatch
 from .tp_channel import min_over_ranks, open_channel
 
@@ -60,6 +62,7 @@ class ModelRunner:
         self.compile_fallback: str | None = None
         self.compile_seconds = 0.0
         self.min_dim = 1
+        self._cut_plan = None  # the nanoflow Schedule IR whose attention cuts the scheduler aligns requests to
         self.forward = self._compile() if config.compile else model
         self.channel = open_channel(self.device)  # tensor parallelism: rank 0 sends each batch to the other ranks
 
@@ -76,6 +79,16 @@ class ModelRunner:
         partitions); empty when the model is eager or compiled by another backend."""
         mark = getattr(self, "_schedule_mark", None)
         return [] if mark is None else [s.status() for s in schedules_since(mark)]
+
+    def attention_cuts(self, num_tokens: int) -> list[int] | None:
+        """Where the attention (MEMORY) nano-batches of an iteration of `num_tokens` scheduled tokens begin and end,
+        [0, ..., padded count], as the compiled schedule splits the padded batch: the scheduler ends prefill chunks
+        there, so that no request's KV prefix is read by two attention nano-ops. None without a nanoflow schedule
+        (eager, another backend, a fallback) or without token buckets (the cuts then scale with every count, and
+        ending chunks at them would only shrink the batch round after round)."""
+        if self._cut_plan is None or not self.buckets:
+            return None
+        return class_cuts(self._cut_plan, self._padded(max(num_tokens, self.min_dim)), MEMORY)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
         """The flat batch; padding tokens have slot -1 and token_req -1, padding rows of the block table (compiled
@@ -211,8 +224,11 @@ class ModelRunner:
         # compile a graph of its own; padding every such dimension to 2 keeps a single graph.
         self.min_dim = 2
         start = time.perf_counter()
+        take_last_run()
         self._dummy_run(compiled, self._padded(2) if self.buckets else 8)
         self.compile_seconds = time.perf_counter() - start
+        served = take_last_run()  # None: no nanoflow schedule ran (another backend, or the passes fell back)
+        self._cut_plan = served.ir if served is not None else None
         log.info("compiled the model with backend %r in %.1f s", name, self.compile_seconds)
         return compiled
 

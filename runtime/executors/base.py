@@ -99,6 +99,7 @@ class ProgramCache:
 
 _SERIAL = [0]  # the next schedule's serial number
 _LIVE: "weakref.WeakValueDictionary[int, CompiledSchedule]" = weakref.WeakValueDictionary()
+_LAST_RUN: list = [None]  # a weak reference to the schedule that ran last
 
 
 class CompiledSchedule:
@@ -113,12 +114,14 @@ class CompiledSchedule:
         self.serial = _SERIAL[0]
         _SERIAL[0] += 1
         _LIVE[self.serial] = self
+        self._ref = weakref.ref(self)
 
     def status(self) -> dict:
         status = getattr(self.executor, "status", None)
         return status() if status is not None else {"executor": self.executor.name}
 
     def __call__(self, *args: Any) -> Any:
+        _LAST_RUN[0] = self._ref
         return self.executor(args)
 
 
@@ -142,3 +145,11 @@ def schedules_since(mark: int) -> list[CompiledSchedule]:
     """The live schedules compiled since `mark` (from `next_serial`), oldest first."""
     found = (_LIVE.get(k) for k in sorted(_LIVE.keys()) if k >= mark)
     return [s for s in found if s is not None]
+
+
+def take_last_run() -> CompiledSchedule | None:
+    """The schedule that ran last (if still alive), forgotten once taken. How a caller learns which schedule served
+    its call: Dynamo reuses a cached graph, compiled for another model instance of the same shapes, without
+    compiling anything new (so `schedules_since` finds nothing)."""
+    ref, _LAST_RUN[0] = _LAST_RUN[0], None
+    return ref() if ref is not None else None

@@ -116,6 +116,16 @@ def scale_cuts(cuts: list[int], tokens: int) -> list[int]:
     return scaled
 
 
+def class_cuts(ir: ScheduleIR, tokens: int, cls: str) -> list[int]:
+    """Where the nano-batches of op class `cls` begin and end at `tokens` tokens: [0, ..., tokens], from the bucket
+    plan `materialize` picks for that count, scaled as it scales them. One nano-batch if the class is not split."""
+    bucket = ir.bucket(tokens)
+    cuts = [0]
+    for size in bucket.nano_batches.get(cls) or [bucket.tokens]:
+        cuts.append(cuts[-1] + size)
+    return scale_cuts(cuts, tokens)
+
+
 def materialize(ir: ScheduleIR, binding: dict[str, int]) -> Program:
     tokens = binding[TOKEN_SYMBOL] if TOKEN_SYMBOL in binding else ir.signature.tokens_static
     bucket = ir.bucket(tokens)

@@ -116,3 +116,56 @@ def test_compiled_model_matches_eager(tiny):
     assert compiled.compile_backend == "eager" and compiled.compile_fallback is None
     for b, want in zip(batches(), expected, strict=True):
         torch.testing.assert_close(compiled.execute(b), want)
+
+
+def test_attention_cuts_are_none_without_a_nanoflow_schedule_or_buckets(tiny):
+    assert ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=8, block_size=4, max_num_batched_tokens=16,
+                                          token_buckets=[8, 16])).attention_cuts(5) is None
+    assert ModelRunner(tiny, EngineConfig(num_kv_blocks=8, block_size=4)).attention_cuts(5) is None  # no buckets
+
+
+def _straddles(rows: list[int], cuts: list[int]) -> list[tuple[int, int, int]]:
+    """(start, length, cut) of each row whose tokens lie on both sides of a cut."""
+    found, start = [], 0
+    for n in rows:
+        found += [(start, n, c) for c in cuts if start < c < start + n]
+        start += n
+    return found
+
+
+def test_engine_aligns_requests_to_the_attention_nano_batches_and_keeps_the_eager_tokens(tiny_config):
+    """A nanoflow-compiled engine with token buckets: every step's attention cuts fall between requests, except
+    where only a smaller bucket could make them (the scheduler never shrinks a step for it); tokens equal eager."""
+    from nanoflow_compiler.runtime.engine import LLMEngine
+
+    prompts = [[3] * 13, [5, 6], list(range(20, 41)), [9] * 7, list(range(50, 61)), [4] * 3]
+    params = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=6)
+    config = dict(num_kv_blocks=64, block_size=4, max_num_batched_tokens=16, token_buckets=[8, 16])
+    outputs = {}
+    for compile_ in (False, True):
+        engine = LLMEngine(random_model(tiny_config(), torch.float32, "cpu"), None,
+                           EngineConfig(compile=compile_, **config))
+        runner, seen = engine.runner, []
+        execute = runner.execute
+
+        def checked(batch, execute=execute, runner=runner, seen=seen):
+            cuts = runner.attention_cuts(batch.num_tokens)
+            if cuts is not None:
+                for start, n, cut in _straddles(batch.num_new_tokens, cuts[1:-1]):
+                    assert runner.attention_cuts(batch.num_tokens - (start + n - cut))[-1] < cuts[-1], (
+                        f"request [{start}, {start + n}) straddles attention cut {cut} of bucket {cuts[-1]}")
+                seen.append((list(batch.num_new_tokens), cuts))
+            return execute(batch)
+
+        runner.execute = checked
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), p, params)
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    outputs.setdefault(compile_, {})[out.request_id] = out.token_ids
+    assert outputs[True] == outputs[False] and len(outputs[True]) == len(prompts)
+    assert engine.stats()["compile_backend"] == "nanoflow"
+    # the alignment had work to do: steps whose real tokens reach past a cut, all of them between requests
+    aligned = [rows for rows, cuts in seen if any(c < sum(rows) for c in cuts[1:-1]) and not _straddles(rows, cuts[1:-1])]
+    assert len(aligned) >= 3

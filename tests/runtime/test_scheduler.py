@@ -133,3 +133,47 @@ def test_finish_frees_blocks_and_abort_works_while_waiting():
     sched.finish(c, "abort")
     assert c not in sched.waiting and c.is_finished
     assert sched.running == [b]
+
+
+def halves(buckets):
+    """Cut points of a compiled model with two attention nano-batches per bucket: [0, bucket / 2, bucket]."""
+    def cut_points(n):
+        bucket = next(b for b in buckets if b >= n)
+        return [0, bucket // 2, bucket]
+
+    return cut_points
+
+
+def aligned_make(buckets, **kwargs):
+    sched = make(**kwargs)
+    sched.cut_points = halves(buckets)
+    return sched
+
+
+def test_a_prefill_chunk_ends_at_the_attention_cut_and_the_next_request_fills_the_budget():
+    sched = aligned_make([8, 16], budget=16)
+    a, b = add(sched, "a", 10), add(sched, "b", 20)
+    batch, plan = step(sched)
+    assert plan == {"a": 8, "b": 8} and batch.num_tokens == 16  # without the cut: a 10, b 6, a across token 8
+    c = add(sched, "c", 5)
+    batch, plan = step(sched)  # a's last 2 tokens, b up to the cut, c after it
+    assert plan == {"a": 2, "b": 6, "c": 5} and [s.request_id for s in batch.seqs] == ["a", "b", "c"]
+    assert a.num_computed_tokens == 10 and b.num_computed_tokens == 14 and c.num_computed_tokens == 5
+
+
+def test_chunks_are_trimmed_to_the_cuts_of_a_smaller_bucket():
+    sched = aligned_make([8, 16, 32], budget=32)
+    for rid, n in (("a", 6), ("b", 5), ("c", 3)):
+        add(sched, rid, n)
+    batch, plan = step(sched)  # 14 tokens pad to 16, cut at 8: b ends there, c starts there
+    assert plan == {"a": 6, "b": 2, "c": 3} and batch.num_tokens == 11
+    _, plan = step(sched)  # decodes first; b's 3 tokens would cross bucket 8's cut at 4: 2 of them, still bucket 8
+    assert plan == {"a": 1, "b": 2, "c": 1}
+
+
+def test_alignment_never_shrinks_the_iteration_to_a_smaller_bucket():
+    sched = aligned_make([8, 16], budget=16)
+    a = add(sched, "a", 14)
+    batch, plan = step(sched)  # ending a at 8 would pad to bucket 8: a keeps its 14 tokens and straddles
+    assert plan == {"a": 14} and batch.num_tokens == 14
+    assert a.num_computed_tokens == 14 and len(a.block_table) == 4
