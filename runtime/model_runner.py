@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _CPU_KV_CAP_BYTES = 1 << 30  # plenty for CPU serving (SmolLM2-135M: ~23k tokens), and quick to allocate
 _CPU_KV_RAM_SHARE = 0.25
+_MIN_TABLE_WIDTH = 512  # blocks
 
 
 class ModelRunner:
@@ -118,7 +119,7 @@ class ModelRunner:
         rows = max(self.min_dim, len(batch))
         if self.buckets:
             rows = max(rows, min(tokens, self.config.max_num_seqs))
-            width = max(width, min(_next_power_of_2(width), -(-self.max_model_len // bs)))
+            width = self._table_width(width)
         tables = np.zeros((rows, width), dtype=np.int32)
         for row, seq in enumerate(batch.seqs):
             tables[row, : len(seq.block_table)] = seq.block_table
@@ -145,6 +146,13 @@ class ModelRunner:
         if config.compile and config.backend == "nanoflow" and self.device.type == "cuda":
             return default_token_buckets(config.max_num_batched_tokens)
         return None
+
+    def _table_width(self, width: int) -> int:
+        """Padded block-table width: at least _MIN_TABLE_WIDTH blocks, so that contexts up to 8k tokens (block 16)
+        share one width and each bucket one CUDA graph (a 512-wide int32 table is 512 KB per step); longer ones
+        step in powers of two."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        return max(width, min(max_blocks, max(_MIN_TABLE_WIDTH, _next_power_of_2(width))))
 
     def _padded(self, num_tokens: int) -> int:
         i = bisect.bisect_left(self.buckets, num_tokens) if self.buckets else 0
@@ -229,8 +237,23 @@ class ModelRunner:
         self.compile_seconds = time.perf_counter() - start
         served = take_last_run()  # None: no nanoflow schedule ran (another backend, or the passes fell back)
         self._cut_plan = served.ir if served is not None else None
+        if self.buckets and self.device.type == "cuda":
+            self._capture_buckets(compiled)
+            self.compile_seconds = time.perf_counter() - start
         log.info("compiled the model with backend %r in %.1f s", name, self.compile_seconds)
         return compiled
+
+    @torch.inference_mode()
+    def _capture_buckets(self, forward) -> None:
+        """One padding-only iteration per bucket at the sizes real iterations pad to, so that every CUDA graph (and
+        fused kernel) is made at start-up, as vLLM captures its graphs, instead of inside the first timed steps."""
+        from tqdm import tqdm
+
+        width = self._table_width(1)
+        for tokens in tqdm(self.buckets, desc="capturing CUDA graphs", unit="bucket", disable=None):
+            rows = max(self.min_dim, min(tokens, self.config.max_num_seqs))
+            forward(*self._to_device([0] * tokens, [0] * tokens, [-1] * tokens, [-1] * tokens,
+                                     np.zeros((rows, width), dtype=np.int32), [0] * rows))
 
 
 def _available_ram() -> int:

@@ -53,12 +53,13 @@ def test_buckets_pad_rows_and_table_width_so_graphs_are_reused(tiny):
                                             max_num_batched_tokens=16, token_buckets=[4, 16]))
     batch = ScheduledBatch([seq(range(9), [3, 4, 5], computed=8), seq(range(3), [6], computed=2)], [1, 1])
     ids, _, meta = runner.prepare(batch)
-    assert (len(ids), *meta.block_tables.shape, len(meta.logits_indices)) == (4, 4, 4, 4)
-    assert meta.block_tables.tolist()[:2] == [[3, 4, 5, 0], [6, 0, 0, 0]]
+    # the table is as wide as the longest context allows (32 blocks of 4 tokens): one width for every step
+    assert (len(ids), *meta.block_tables.shape, len(meta.logits_indices)) == (4, 4, 32, 4)
+    assert meta.block_tables.tolist()[1] == [6] + [0] * 31
     big = ScheduledBatch([seq(range(5), [1, 2], computed=0)] + [seq(range(3), [7 + i], computed=2) for i in range(5)],
                          [5, 1, 1, 1, 1, 1])
     ids, _, meta = runner.prepare(big)
-    assert (len(ids), *meta.block_tables.shape) == (16, 6, 2)
+    assert (len(ids), *meta.block_tables.shape) == (16, 6, 32)
     plain = ModelRunner(tiny, EngineConfig(compile=False, num_kv_blocks=32, block_size=4))
     torch.testing.assert_close(runner.execute(batch), plain.execute(batch))
 
