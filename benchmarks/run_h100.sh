@@ -9,7 +9,7 @@
 #
 # Environment: MODEL (llama-3-8b), N (256 prompts), N_ABLATION (128), MNBT (1024 tokens per iteration),
 # RESULTS (benchmarks/results/h100), EXTRA (more flags for our runs, e.g. --compile-options '{...}'),
-# DEVICE (cuda) and DTYPE (bfloat16): `DEVICE=cpu DTYPE=float32 MODEL=<tiny dir> N=4` smoke-tests the script.
+# GPU_LABEL (plot titles, "one H100"), DEVICE (cuda) and DTYPE (bfloat16): `DEVICE=cpu DTYPE=float32 MODEL=<tiny dir> N=4` smoke-tests the script.
 # CMD_TIMEOUT (seconds, 0 = none) boxes each command. When $OUT is set (the device tool), $RESULTS is copied there
 # at the end. scripts/h100_run.sh runs these steps time-boxed, on a chosen GPU, packing results after each.
 set -u
@@ -69,9 +69,9 @@ fi
 if has plots; then
   run python benchmarks/plots.py bar "$R"/nanoflow_1024_512.json "$R"/inductor_1024_512.json "$R"/hf_1024_512.json \
     "$R"/torch_tensorrt_1024_512.json "$R"/vllm_1024_512.json "$R"/sglang_1024_512.json "$R"/trtllm_1024_512.json \
-    -o "$R/throughput_1024_512.png" --title "Llama-3-8B (random weights), 1024/512, one H100"
+    -o "$R/throughput_1024_512.png" --title "Llama-3-8B (random weights), 1024/512, ${GPU_LABEL:-one H100}"
   run python benchmarks/plots.py bar "$R"/nanoflow_*.json -o "$R/throughput_workloads.png" --label-by system+dataset \
-    --title "Our engine across workloads, one H100"
+    --title "Our engine across workloads, ${GPU_LABEL:-one H100}"
   if [ -f "$R/layer_timings.json" ]; then
     run python benchmarks/plots.py gantt "$R/layer_timings.json" -o "$R/gantt_layer.png"
   elif [ -f "$R/layer_trace.json" ]; then
