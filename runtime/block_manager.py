@@ -88,8 +88,8 @@ class BlockManager:
         """Name the blocks of `seq` that are now full and computed, so that later sequences can reuse them."""
         if not self.enable_prefix_caching:
             return
-        tokens, bs = seq.token_ids, self.block_size
-        for i in range(len(seq.block_hashes), seq.num_computed_tokens // bs):
+        tokens, bs = seq.token_ids, self.block_size  # a block whose last token is still in flight waits
+        for i in range(len(seq.block_hashes), min(seq.num_computed_tokens, len(tokens)) // bs):
             parent = seq.block_hashes[-1] if seq.block_hashes else None
             key = (parent, tuple(tokens[i * bs : (i + 1) * bs]))
             block = seq.block_table[i]

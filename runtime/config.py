@@ -25,6 +25,7 @@ class EngineConfig:
     device: str | torch.device | None = None
     backend: str = "nanoflow"  # torch.compile backend; falls back to eager, with a warning, when not registered
     enable_prefix_caching: bool = True
+    async_scheduling: bool | None = None  # schedule iteration i+1 while i runs; None: on for CUDA without TP
 
     def validate(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs", "block_size"):
@@ -35,6 +36,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be True, False or None (auto), got {self.async_scheduling!r}")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {self.kv_cache_memory_fraction!r}")
         if self.token_buckets is not None:

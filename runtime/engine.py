@@ -3,6 +3,11 @@
 Every step runs one dense batch (decode tokens first, chunked prefill after), samples a token for each request whose
 scheduled tokens reach its end, detokenises incrementally and retires requests that hit EOS, a stop token or string,
 max_tokens or the context length. Bad requests are refused in `add_request`, before they touch any engine state.
+
+With async scheduling (NanoFlow's "CPU scheduling runs one iteration ahead", vLLM V1's async scheduling) a step
+schedules and launches iteration i+1 before the tokens of iteration i are on the host: the device keeps working while
+the host appends them, checks stops and detokenises. Outputs therefore come one step later; a request that iteration
+i finished was already scheduled into i+1, and the token it gets there is discarded.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import torch
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .detokenizer import IncrementalDetokenizer
+from .distributed import get_tp
 from .model_runner import ModelRunner
-from .sampling import Sampler, SamplingParams, make_generator
+from .sampling import SampledTokens, Sampler, SamplingParams, make_generator, to_device
 from .scheduler import Scheduler
 from .sequence import RequestOutput, Sequence
 
@@ -32,6 +38,7 @@ class LLMEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(model, self.config)
+        self.async_scheduling = _async_scheduling(self.config, self.runner.device)
         self.block_manager = BlockManager(self.runner.num_kv_blocks, self.config.block_size,
                                           self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, self.config.max_num_batched_tokens, self.config.max_num_seqs,
@@ -42,6 +49,7 @@ class LLMEngine:
         self._seqs: dict[str, Sequence] = {}
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._pending: list[RequestOutput] = []  # abort notices, handed out by the next step
+        self._inflight: SampledTokens | None = None  # async: the launched iteration whose tokens are not yet handled
         self._counters = dict(num_steps=0, num_computed_tokens=0, num_generated_tokens=0,
                               last_num_batched_tokens=0, last_iteration_seconds=0.0)
 
@@ -85,29 +93,25 @@ class LLMEngine:
         self._pending.append(self._output(seq, [], detok.flush(), detok.text))
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or bool(self._pending)
+        return self.scheduler.has_unfinished() or bool(self._pending) or self._inflight is not None
 
     def step(self) -> list[RequestOutput]:
+        """Launch one iteration and return the outputs of the tokens that reached the host: this iteration's, or with
+        async scheduling the previous one's (handled while this one runs)."""
         outputs, self._pending = self._pending, []
         start = time.perf_counter()
         batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return outputs
-        logits = self.runner.execute(batch)
-        rows = [i for i in range(len(batch)) if batch.samples(i)]
-        self.scheduler.complete(batch)
-        if rows:
-            seqs = [batch.seqs[i] for i in rows]
-            if len(rows) < len(batch):
-                logits = logits[torch.tensor(rows, device=logits.device)]
-            tokens = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
-            outputs += [self._append(seq, token) for seq, token in zip(seqs, tokens, strict=True)]
-        c = self._counters
-        c["num_steps"] += 1
-        c["num_generated_tokens"] += len(rows)
-        c["num_computed_tokens"] += batch.num_tokens
-        c["last_num_batched_tokens"] = batch.num_tokens
-        c["last_iteration_seconds"] = time.perf_counter() - start
+        launched = self._launch(batch) if batch.seqs else None
+        if self.async_scheduling:
+            launched, self._inflight = self._inflight, launched
+        if launched is not None:
+            outputs += self._receive(launched)
+        if batch.seqs:
+            c = self._counters
+            c["num_steps"] += 1
+            c["num_computed_tokens"] += batch.num_tokens
+            c["last_num_batched_tokens"] = batch.num_tokens
+            c["last_iteration_seconds"] = time.perf_counter() - start
         return outputs
 
     def stats(self) -> dict:
@@ -126,8 +130,34 @@ class LLMEngine:
             compile_backend=self.runner.compile_backend,
             compile_fallback=self.runner.compile_fallback,
             compile_seconds=self.runner.compile_seconds,
+            async_scheduling=self.async_scheduling,
             **self._counters,
         )
+
+    def _launch(self, batch) -> SampledTokens | None:
+        """Run `batch` and sample its rows that reach their end, all on the device; None if no row samples."""
+        logits = self.runner.execute(batch, self._inflight)
+        rows = [i for i in range(len(batch)) if batch.samples(i)]
+        self.scheduler.complete(batch)
+        if not rows:
+            return None
+        seqs = [batch.seqs[i] for i in rows]
+        if len(rows) < len(batch):
+            logits = logits.index_select(0, to_device(rows, torch.int64, logits.device))
+        tokens = self.sampler.sample(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        for seq in seqs:
+            seq.num_inflight += 1
+        return SampledTokens(seqs, tokens)
+
+    def _receive(self, sampled: SampledTokens) -> list[RequestOutput]:
+        """Hand the sampled tokens to their requests; a request that finished or was aborted meanwhile drops its."""
+        outputs = []
+        for seq, token in zip(sampled.seqs, sampled.tolist(), strict=True):
+            seq.num_inflight -= 1
+            if not seq.is_finished:
+                outputs.append(self._append(seq, token))
+        self._counters["num_generated_tokens"] += len(outputs)
+        return outputs
 
     def _append(self, seq: Sequence, token: int) -> RequestOutput:
         seq.append_token(token)
@@ -137,7 +167,7 @@ class LLMEngine:
         reason = None
         if stop_string_hit or token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
             reason = "stop"
-        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+        elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens - seq.num_inflight >= self.max_model_len:
             reason = "length"
         if reason is not None:
             new_text += detok.flush()
@@ -153,6 +183,17 @@ class LLMEngine:
             arrival_time=seq.arrival_time, first_token_time=seq.first_token_time, finish_time=seq.finish_time,
             num_cached_tokens=seq.num_cached_tokens,
         )
+
+
+def _async_scheduling(config: EngineConfig, device: torch.device) -> bool:
+    """On by default on CUDA, where the host work it hides is measured (5.7-7.5 ms of a 40-47 ms step on an
+    H200); off under tensor parallelism, whose followers get the batch from the host before the forward."""
+    tp = get_tp().size > 1
+    if config.async_scheduling is None:
+        return device.type == "cuda" and not tp
+    if config.async_scheduling and tp:
+        raise ValueError("async_scheduling=True is not supported with tensor parallelism yet; leave it None or False")
+    return config.async_scheduling
 
 
 def _eos_ids(model_config, tokenizer) -> set[int]:

@@ -9,6 +9,10 @@ few values, because the graph executor captures one CUDA graph per binding of th
 bucket, the request count to min(bucket, max_num_seqs), and the block-table width to a power of two. Without that,
 decode steps whose request count or context length changed would each capture a new graph (a 5,000-op capture
 costs far more than the step it serves).
+
+With async scheduling a decode row's last token may still be on the device, sampled by the previous iteration: the
+runner leaves a placeholder and copies the token in with one device op before the forward, in stream order (so the
+previous iteration's outputs, static CUDA-graph buffers included, are read before this forward overwrites them).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .config import EngineConfig
 from .executors.base import next_serial, schedules_since, take_last_run
 from .executors.program import class_cuts
 from .ir import MEMORY
+from .sampling import SampledTokens, to_device
 from .scheduler import ScheduledBatch
 from .tp_channel import min_over_ranks, open_channel
 
@@ -68,9 +73,10 @@ class ModelRunner:
         self.channel = open_channel(self.device)  # tensor parallelism: rank 0 sends each batch to the other ranks
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`."""
-        inputs = self.prepare(batch)
+    def execute(self, batch: ScheduledBatch, previous: SampledTokens | None = None) -> torch.Tensor:
+        """Run one iteration; logits [R, V] float32 for the last scheduled token of each row of `batch`. Tokens in
+        flight come from `previous`, the last iteration's sampled tokens."""
+        inputs = self.prepare(batch, previous)
         if self.channel is not None:
             self.channel.publish(*inputs)
         return self.forward(*inputs)[: len(batch)]
@@ -91,9 +97,11 @@ class ModelRunner:
             return None
         return class_cuts(self._cut_plan, self._padded(max(num_tokens, self.min_dim)), MEMORY)
 
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
+    def prepare(self, batch: ScheduledBatch, previous: SampledTokens | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
         """The flat batch; padding tokens have slot -1 and token_req -1, padding rows of the block table (compiled
         runs only) point at block 0 and their logits are dropped."""
+        late: list[tuple[int, int]] = []  # (flat index, row of `previous`) of tokens still on the device
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -102,7 +110,11 @@ class ModelRunner:
         bs = self.block_size
         for row, (seq, num_new) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
-            input_ids += seq.token_ids[start : start + num_new]
+            ids = seq.token_ids[start : start + num_new]
+            if len(ids) < num_new:  # only a decode row's one token can be in flight
+                late.append((len(input_ids), previous.rows[seq.request_id]))
+                ids.append(0)
+            input_ids += ids
             table = seq.block_table
             for pos in range(start, start + num_new):
                 positions.append(pos)
@@ -124,11 +136,15 @@ class ModelRunner:
         for row, seq in enumerate(batch.seqs):
             tables[row, : len(seq.block_table)] = seq.block_table
         logits_indices += [0] * (rows - len(logits_indices))
-        return self._to_device(input_ids, positions, slots, token_req, tables, logits_indices)
+        ids, pos, meta = self._to_device(input_ids, positions, slots, token_req, tables, logits_indices)
+        if late:
+            where, src = to_device(late, torch.int64, self.device).unbind(1)
+            ids.index_copy_(0, where, previous.tokens.index_select(0, src))
+        return ids, pos, meta
 
     def _to_device(self, input_ids, positions, slots, token_req, tables, logits_indices):
         def t(values, dtype):
-            return torch.as_tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+            return to_device(values, dtype, self.device)
 
         meta = AttnMetadata(
             slot_mapping=t(slots, torch.int64),

@@ -1,17 +1,23 @@
 """Sampling parameters and the batched sampler.
 
-The sampler turns one iteration's logits into one token per request with a single host transfer: greedy rows take
+The sampler turns one iteration's logits into one token per request, on the device: greedy rows take
 the argmax; the others are temperature-scaled, masked by top-k and top-p, and drawn with the exponential race
 (argmax of p / E, E ~ Exp(1)), which samples exactly from p and lets each seeded request draw its noise from its own
-`torch.Generator`, so a seeded request gives the same tokens whatever else shares its batch.
+`torch.Generator`, so a seeded request gives the same tokens whatever else shares its batch. `SampledTokens` then
+copies them to the host without blocking, so that the engine can launch the next iteration (which reads them on the
+device) before it waits for them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .sequence import Sequence
 
 _GREEDY_EPS = 1e-5  # temperatures below this are greedy, as in vLLM
 
@@ -67,15 +73,24 @@ class Sampler:
         params: list[SamplingParams],
         generators: list[torch.Generator | None],
     ) -> list[int]:
+        return self.sample(logits, params, generators).tolist()
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        generators: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        """The tokens [R] int64, on the logits' device; nothing here waits for the device."""
         greedy_tokens = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
-            return greedy_tokens.tolist()
+            return greedy_tokens
         device = logits.device
-        temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device)
+        temperature = to_device([1.0 if p.greedy else p.temperature for p in params], torch.float32, device)
         logits = logits / temperature.unsqueeze(1)
         if any(p.top_k != -1 or p.top_p < 1.0 for p in params):
-            top_k = torch.tensor([p.top_k if p.top_k != -1 else logits.shape[1] for p in params], device=device)
-            top_p = torch.tensor([p.top_p for p in params], device=device)
+            top_k = to_device([p.top_k if p.top_k != -1 else logits.shape[1] for p in params], torch.int64, device)
+            top_p = to_device([p.top_p for p in params], torch.float32, device)
             logits = apply_top_k_top_p(logits, top_k, top_p)
         probs = logits.softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_()  # unseeded rows: one launch on the global RNG
@@ -84,8 +99,40 @@ class Sampler:
                 noise[row].exponential_(generator=gen)
         noise.clamp_(min=torch.finfo(noise.dtype).tiny)  # a zero draw would turn a masked token's 0/0 into NaN
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([p.greedy for p in params], device=device)
-        return torch.where(is_greedy, greedy_tokens, sampled).tolist()
+        is_greedy = to_device([p.greedy for p in params], torch.bool, device)
+        return torch.where(is_greedy, greedy_tokens, sampled)
+
+
+class SampledTokens:
+    """One iteration's sampled tokens, row i for `seqs[i]`: `tokens` stay on the device (the next iteration's
+    decode rows read them there), and a copy to pinned host memory starts at once; `tolist` waits for it alone."""
+
+    def __init__(self, seqs: list[Sequence], tokens: torch.Tensor):
+        self.seqs = seqs
+        self.tokens = tokens
+        self.rows = {seq.request_id: i for i, seq in enumerate(seqs)}
+        self._ready: torch.cuda.Event | None = None
+        if tokens.is_cuda:
+            self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self._host.copy_(tokens, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        else:
+            self._host = tokens
+
+    def tolist(self) -> list[int]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        return self._host.tolist()
+
+
+def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a device tensor without waiting for the device: a copy from pageable memory (what
+    `torch.tensor(values, device=...)` makes) waits for the stream to drain, one from pinned memory does not."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

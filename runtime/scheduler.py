@@ -16,6 +16,11 @@ alignment never moves the iteration to a smaller bucket (chunks ended early get 
 long prefill would otherwise be cut to half a bucket, then half of that, ... (4x the steps for one 1,024-token
 prompt on an engine whose 1,024 and 512 buckets are split); where only a smaller bucket could align a chunk, it
 keeps its tokens and straddles.
+
+With async scheduling the engine schedules iteration i+1 before the tokens of iteration i reach the host: a sequence
+with a token in flight (`num_inflight`) counts it and is scheduled as a decode row, with blocks reserved for it, as
+if it were known; its row takes the token on the device. A preempted sequence waits until its token has arrived,
+since a batch that preempts admits nobody.
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class Scheduler:
                     break
                 if seq.status is not SequenceStatus.RUNNING or (seq.num_pending_tokens == 1) != decode_pass:
                     continue
+                if seq.num_inflight and len(seq.output_token_ids) + seq.num_inflight >= seq.params.max_tokens:
+                    continue  # its token in flight is its last: running it would only make one to discard
                 wanted = min(seq.num_pending_tokens, budget)
                 num_new = _to_cut(self.max_num_batched_tokens - budget, wanted, cuts)
                 if self._reserve(seq, num_new, batch):

@@ -23,6 +23,8 @@ class Sequence:
 
     `num_computed_tokens` counts tokens whose keys and values are in the cache; the tokens from there to the end of
     `token_ids` are still to run through the model. Preemption by recompute resets it to zero and frees the blocks.
+    With async scheduling a sampled token is on the device before it is on the host: `num_inflight` counts those,
+    and `num_tokens` includes them (the scheduler plans with them), `token_ids` and `output_token_ids` do not.
     """
 
     request_id: str
@@ -40,6 +42,7 @@ class Sequence:
     first_token_time: float | None = None
     finish_time: float | None = None
     num_preemptions: int = 0
+    num_inflight: int = 0  # sampled tokens not yet appended to output_token_ids
 
     @property
     def token_ids(self) -> list[int]:
@@ -47,7 +50,7 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_inflight
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -149,14 +149,14 @@ def test_engine_aligns_requests_to_the_attention_nano_batches_and_keeps_the_eage
         runner, seen = engine.runner, []
         execute = runner.execute
 
-        def checked(batch, execute=execute, runner=runner, seen=seen):
+        def checked(batch, previous=None, *, execute=execute, runner=runner, seen=seen):
             cuts = runner.attention_cuts(batch.num_tokens)
             if cuts is not None:
                 for start, n, cut in _straddles(batch.num_new_tokens, cuts[1:-1]):
                     assert runner.attention_cuts(batch.num_tokens - (start + n - cut))[-1] < cuts[-1], (
                         f"request [{start}, {start + n}) straddles attention cut {cut} of bucket {cuts[-1]}")
                 seen.append((list(batch.num_new_tokens), cuts))
-            return execute(batch)
+            return execute(batch, previous)
 
         runner.execute = checked
         for i, p in enumerate(prompts):
