@@ -37,6 +37,7 @@ class BenchOptions:
     compile_options: dict | None = None
     token_buckets: list[int] | None = None  # the engine pads each iteration to one of these (CUDA graphs)
     backend: str | None = None  # torch.compile backend for peers ("inductor"); None = the engine's default
+    async_scheduling: bool | None = None  # None: the engine's default (on for CUDA without tensor parallelism)
     ignore_eos: bool = True
     num_warmup_prompts: int | None = None  # None: min(num_prompts, 64)
     tflops: float | None = None
@@ -93,6 +94,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help='JSON options for the nanoflow backend, e.g. \'{"nano_batches": 2, "executor": "stream"}\'')
     p.add_argument("--token-buckets", type=_int_list, default=None,
                    help="comma-separated token counts the engine pads each iteration to, e.g. 64,128,256,512")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="schedule iteration i+1 while iteration i runs (default: on for CUDA without TP)")
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                    help="generate exactly --output-len tokens per request (default on: the prompts are random)")
     p.add_argument("--num-warmup-prompts", type=int, default=None,

@@ -65,6 +65,8 @@ def engine_config(opts: BenchOptions, compile_options: dict | None = None):
         kwargs["max_num_seqs"] = opts.max_num_seqs
     if opts.token_buckets is not None:
         kwargs["token_buckets"] = list(opts.token_buckets)
+    if opts.async_scheduling is not None:
+        kwargs["async_scheduling"] = opts.async_scheduling
     options = opts.compile_options if compile_options is None else compile_options
     if options:
         kwargs["compile_options"] = dict(options)

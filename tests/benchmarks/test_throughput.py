@@ -103,3 +103,15 @@ def test_acceptance_smollm2_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check(proc.stdout, json.loads(out.read_text()), 8, 32, 16)
     print(f"acceptance command took {wall:.1f} s")
+
+
+def test_async_scheduling_flag_reaches_the_engine(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "throughput", "--model", tiny_model_dir, "--num-prompts", "4", "--input-len", "8",
+               "--output-len", "5", "--async-scheduling", "--output-json", str(out), "--tflops", "2",
+               "--bandwidth", "0.1", "--num-warmup-prompts", "0"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    _check(capsys.readouterr().out, result, 4, 8, 5)
+    assert result["engine_stats"]["async_scheduling"] is True
+    assert result["options"]["engine_config"]["async_scheduling"] is True
