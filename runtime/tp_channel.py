@@ -7,10 +7,11 @@ header with the sizes (tokens T, block-table rows R and width W, logits rows L) 
 int64 payload [input_ids | positions | slot_mapping | token_req | block_tables | logits_indices] on the model's
 own group and device (NCCL on GPU). A header with T = -1 tells the followers to stop.
 
-The header group has no practical timeout: an idle server sends nothing for as long as no request comes, and a
-follower must keep waiting. It never hangs on a dead rank 0 all the same: gloo reports a closed connection at
-once, and the launcher (or torchrun) ends the other ranks when one fails. The payload follows its header at
-once, so it travels on the model group with the launcher's timeout.
+Timeouts: a follower waits for a header without limit (an idle server sends nothing for as long as no request
+comes), yet never hangs on a dead rank 0: gloo reports the closed connection at once, and the launcher (or
+torchrun) ends the other ranks when one fails. Rank 0's header sends give up after a minute, so a rank 0 that
+failed inside a forward (its followers still in a collective) says so and exits instead of waiting for them. The
+payload follows its header at once, so it travels on the model group with the launcher's timeout.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from .distributed import get_tp
 _STOP = -1
 _HEADER = 4  # T, R, W, L
 _IDLE_TIMEOUT = datetime.timedelta(days=365)  # a served model may see no request for a long time
+_SEND_TIMEOUT = datetime.timedelta(seconds=60)  # followers take a header at once unless stuck in a collective
 
-_control_group: tuple = (None, None)  # (the world it belongs to, the group): made once per process group
-_open: BatchChannel | None = None  # the channel of this process's live engine, until rank 0 stops it
+_open: BatchChannel | None = None  # the channel of this process's live engine, until the stop is exchanged
 
 
 class BatchChannel:
@@ -42,8 +43,11 @@ class BatchChannel:
         self.device = device
         self.rank = get_tp().rank
         self.stopped = False
-        self.world = dist.group.WORLD
-        self._group = _header_group()
+        # Every rank makes it at engine start. The timeout is each rank's own: followers wait for the next batch
+        # without limit, while rank 0's sends fail after a while where a follower is stuck (in a collective rank 0
+        # left when it failed inside a forward) instead of waiting for it forever.
+        timeout = _SEND_TIMEOUT if self.rank == 0 else _IDLE_TIMEOUT
+        self._group = dist.new_group(backend="gloo", timeout=timeout)
 
     def publish(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> None:
         rows, width = meta.block_tables.shape
@@ -61,7 +65,7 @@ class BatchChannel:
                                f"(rank 0 stopped without telling the followers, or failed): {e}") from e
         tokens, rows, width, num_logits = header.tolist()
         if tokens == _STOP:
-            self.stopped = True
+            self._close()
             return None
         payload = torch.empty(4 * tokens + rows * width + num_logits, dtype=torch.int64, device=self.device)
         dist.broadcast(payload, 0)
@@ -72,13 +76,27 @@ class BatchChannel:
     def stop(self) -> None:
         """Release the followers (rank 0, once)."""
         if not self.stopped:
-            self.stopped = True
             self._send_header([_STOP, 0, 0, 0])
+            self._close()
+
+    def _close(self) -> None:
+        """Every rank, after the stop: wait until all have it, then free the group now (a group left to the
+        interpreter's exit is torn down after its peers closed their sockets, which can abort the process). The
+        wait is bounded: a rank 0 that fails inside a forward leaves its followers in a collective, and must not
+        wait for them forever; gloo's monitored barrier then names the ranks that never came."""
+        self.stopped = True
+        dist.monitored_barrier(group=self._group, timeout=_SEND_TIMEOUT)
+        dist.destroy_process_group(self._group)
+        self._group = None
 
     def _send_header(self, sizes: list[int]) -> None:
         if self.rank != 0:
             raise RuntimeError(f"only rank 0 drives the engine; rank {self.rank} tried to send a batch")
-        dist.broadcast(torch.tensor(sizes, dtype=torch.int64), 0, group=self._group)
+        try:
+            dist.broadcast(torch.tensor(sizes, dtype=torch.int64), 0, group=self._group)
+        except RuntimeError as e:
+            raise RuntimeError(f"tensor-parallel rank 0: a follower did not take the next batch header within "
+                               f"{_SEND_TIMEOUT.seconds} s (stuck in a collective this rank left, or gone): {e}") from e
 
 
 def open_channel(device: torch.device) -> BatchChannel | None:
@@ -136,18 +154,10 @@ def follow(runner) -> int:
 
 
 def _live() -> BatchChannel | None:
-    """The open channel of this process group's live engine, if any."""
-    if _open is None or _open.stopped or _open.world is not dist.group.WORLD:
+    """The open channel of this process's live engine, if any (none once the process group is gone)."""
+    if _open is None or _open.stopped or not dist.is_initialized():
         return None
     return _open
-
-
-def _header_group():
-    """Made at the first engine of a process group (a collective: every rank gets here at its engine start)."""
-    global _control_group
-    if _control_group[0] is not dist.group.WORLD:
-        _control_group = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=_IDLE_TIMEOUT))
-    return _control_group[1]
 
 
 @contextmanager

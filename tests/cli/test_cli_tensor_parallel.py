@@ -1,4 +1,4 @@
-"""`--tensor-parallel-size` on the command line: generate and bench over two gloo ranks, and the sizes refused.
+"""`--tensor-parallel-size` on the command line: generate, bench and serve over two gloo ranks, and the sizes refused.
 
 The model is a two-layer Llama saved as a Hugging Face directory with a byte-level tokenizer (256 tokens, built
 here: nothing is downloaded), so that `generate` prints text through rank 0's tokenizer and detokenizer.
@@ -7,9 +7,18 @@ here: nothing is downloaded), so that `generate` prints text through rank 0's to
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
+from nanoflow_compiler import LLM, SamplingParams
 from nanoflow_compiler.cli import main
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -78,3 +87,34 @@ def test_bad_sizes_are_one_clear_line_before_any_rank_starts(argv, message, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_serve_tp2_answers_like_tp1_and_ends_when_its_launcher_is_killed(tiny_text_model):
+    """SIGTERM to the launching process alone: rank 0 drains and releases its follower instead of serving on."""
+    prompt = "Tensor parallel ranks agree"
+    reference = LLM(tiny_text_model, compile=False).generate(
+        prompt, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True), use_tqdm=False)[0].text
+    cli = [sys.executable, "-c", "import sys; from nanoflow_compiler.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen([*cli, "serve", "--model", tiny_text_model, "-tp", "2", "--no-compile", "--port", "0",
+                             "--log-level", "warning", "--drain-timeout", "2"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        banner = proc.stderr.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/v1", banner).group(1)
+        body = {"model": Path(tiny_text_model).name, "prompt": prompt, "max_tokens": 8, "temperature": 0,
+                "ignore_eos": True}
+        answer = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == reference
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # rank 0 drains, stops its follower and closes the port
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+            except httpx.TransportError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("rank 0 still serves after its launcher was killed")
+    finally:
+        proc.kill()
