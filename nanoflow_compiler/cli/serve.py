@@ -64,15 +64,17 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..runtime.distributed import under_torchrun
     from ..server.launch import bind_socket
 
     size = args.tensor_parallel_size
     if args.artifact and size != 1:
         raise ValueError("--artifact holds a single-process schedule; it cannot run with --tensor-parallel-size > 1")
-    sock = bind_socket(args.host, args.port)  # before the slow imports and load, so a taken port fails at once
+    # Bound before the slow imports and load, so that a taken port fails at once.
     if size == 1:
-        return _serve(args, sock)
-    sock.close()  # rank 0 binds it again: a socket does not travel to a spawned process
+        return _serve(args, bind_socket(args.host, args.port))
+    if not under_torchrun() or os.environ["RANK"] == "0":  # under torchrun every rank runs this; one probe is enough
+        bind_socket(args.host, args.port).close()  # rank 0 binds it again: a socket does not travel to a new process
     tensor_parallel.check(size, args.model, None if args.device == "auto" else args.device)
     return tensor_parallel.launch(_serve, size, args, None, device=args.device)
 
