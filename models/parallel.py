@@ -141,7 +141,11 @@ class ParallelLMHead(nn.Linear):
         logits = F.linear(x, self.weight)
         if self.tp.size == 1:
             return logits
-        return _all_gather(logits, 1, self.tp.group_name)[:, : self.vocab_size]
+        # Gathered along dim 0 and regrouped here: gathering along dim 1 calls a helper that Dynamo refuses to trace
+        # in torch 2.11 (`_maybe_view_chunk_cat`, "marked as skipped"), which broke fullgraph compiles on the GPU.
+        rows = logits.shape[0]
+        gathered = _all_gather(logits, 0, self.tp.group_name).view(self.tp.size, rows, logits.shape[1])
+        return gathered.transpose(0, 1).reshape(rows, -1)[:, : self.vocab_size]
 
 
 def shard_specs(model: nn.Module) -> dict[str, ShardSpec]:
