@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = runner.load(opts)
     peaks = measure_peaks(opts.resolved_device(), opts.resolved_dtype(), opts.tflops, opts.bandwidth)
     rows, runs = [], []
-    for name in chosen(args.only):
+    names = chosen(args.only)
+    for name in names:
         options = {**SETTINGS[name], **(opts.compile_options or {})}
         print(f"=== {name}: {options}", flush=True)
         result = run_throughput(opts, loaded=loaded, peaks=peaks, compile_options=options, system=f"nanoflow[{name}]")
@@ -72,19 +73,18 @@ def run(args: argparse.Namespace) -> int:
             "output_tokens_per_second": result["output_tokens_per_second"], "elapsed_time": result["elapsed_time"],
             "total_num_tokens": result["total_num_tokens"], "compiled_with": result["compiled_with"],
             "fraction_of_optimal": result["optimal"]["fraction_of_optimal"], "warnings": result["warnings"],
+            "ratio": result["tokens_per_second"] / rows[0]["tokens_per_second"] if rows else 1.0,
         })
-    base = rows[0]["tokens_per_second"]
-    for row in rows:
-        row["ratio"] = row["tokens_per_second"] / base
+        if opts.output_json:  # after every setting: a time-boxed run keeps the settings it finished
+            write_json(opts.output_json, {"baseline": rows[0]["setting"], "ablations": rows,
+                                          "complete": len(rows) == len(names), "model": loaded.name,
+                                          "workload": runs[0]["workload"], "optimal": runs[0]["optimal"],
+                                          "runs": runs, **environment(opts.resolved_device())})
     print(f"\n{'setting':<40}{'total tok/s':>14}{'output tok/s':>14}{'ratio':>8}  notes")
     for row in rows:
         notes = f"{len(row['warnings'])} warning(s)" if row["warnings"] else ""
         print(f"{row['setting']:<40}{row['tokens_per_second']:>14.2f}{row['output_tokens_per_second']:>14.2f}"
               f"{row['ratio']:>8.3f}  {notes}")
-    if opts.output_json:
-        write_json(opts.output_json, {"baseline": rows[0]["setting"], "ablations": rows, "model": loaded.name,
-                                      "workload": runs[0]["workload"], "optimal": runs[0]["optimal"], "runs": runs,
-                                      **environment(opts.resolved_device())})
     return 0
 
 

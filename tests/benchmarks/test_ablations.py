@@ -18,7 +18,7 @@ def test_ablation_ratios_against_the_first_setting(script, tiny_model_dir, tmp_p
     assert all(row["total_num_tokens"] == 30 for row in rows)
     assert rows[0]["compile_options"] == {"overlap": False, "executor": "sequential", "cuda_graphs": False,
                                           "nano_batches": 2}
-    assert len(r["runs"]) == 2 and r["baseline"] == rows[0]["setting"]
+    assert len(r["runs"]) == 2 and r["baseline"] == rows[0]["setting"] and r["complete"] is True
     assert "ratio" in capsys.readouterr().out
 
 
