@@ -20,6 +20,7 @@ def run(engine, prompts, params):
         for out in engine.step():
             streamed.append(out)
             if out.finished:
+                assert out.request_id not in final, "a request finished twice"
                 final[out.request_id] = out
     return [final[f"req-{i}"] for i in range(len(prompts))], streamed
 

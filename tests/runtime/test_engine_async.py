@@ -6,22 +6,8 @@ import torch
 from nanoflow_compiler.models import random_model
 from nanoflow_compiler.runtime.engine import EngineConfig, LLMEngine
 from nanoflow_compiler.runtime.sampling import SamplingParams
-
-GREEDY = {"temperature": 0.0, "ignore_eos": True}
-
-
-def drain(engine, prompts, params):
-    """Add every prompt and step until the engine has nothing left; final outputs in order, and every output."""
-    for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
-        engine.add_request(f"req-{i}", p, sp)
-    final, streamed = {}, []
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            streamed.append(out)
-            if out.finished:
-                assert out.request_id not in final, "a request finished twice"
-                final[out.request_id] = out
-    return [final[f"req-{i}"] for i in range(len(prompts))], streamed
+from test_engine import GREEDY
+from test_engine import run as drain
 
 
 def both(make, prompts, params, **config):
