@@ -7,6 +7,8 @@ tokens (vLLM's total tokens/s). Greedy tokens are compared request by request; w
 differing position is checked against eager logits of the shared prefix: bf16 kernels that split work differently
 (partition-sized GEMM tiles and attention splits) round differently, and random weights give near-tied logits, so a
 divergence is reported with the reference's logit gap between the two tokens, in units of the logits' std.
+With `--batch-invariant` (the engine's default on CUDA) both runs use batch-invariant kernels, and every request's
+greedy tokens should be equal.
 
     python benchmarks/e2e_overlap.py --num-prompts 64 --input-len 128 --output-len 32
 """
@@ -182,6 +184,8 @@ def main() -> None:
                     help="nanoflow SM plans to run, e.g. default 112/20 (COMPUTE/MEMORY)")
     ap.add_argument("--budget-seconds", type=float, default=240.0, help="skip further SM plans past this")
     ap.add_argument("--baseline-again", action="store_true", help="run overlap off once more at the end")
+    ap.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                    help="the batch_invariant compile option in both runs (default: the engine's, on for CUDA)")
     ap.add_argument("--name", default="e2e_overlap_h100")
     args = ap.parse_args()
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -196,9 +200,13 @@ def main() -> None:
                             "dtype": str(args.dtype), "num_prompts": args.num_prompts, "input_len": args.input_len,
                             "output_len": args.output_len, "timed_passes": args.repeats,
                             "max_num_batched_tokens": args.max_num_batched_tokens, "token_buckets": args.buckets,
-                            "num_kv_blocks": args.num_kv_blocks, "block_size": args.block_size},
+                            "num_kv_blocks": args.num_kv_blocks, "block_size": args.block_size,
+                            "batch_invariant": args.batch_invariant},
                "runs": {}, "greedy": {}, "ratio_over_overlap_off": {}}
-    off = {"overlap": False, "executor": args.executor}
+    common = {"executor": args.executor}
+    if args.batch_invariant is not None:
+        common["batch_invariant"] = args.batch_invariant
+    off = {"overlap": False, **common}
     try:
         base, base_tokens = run_config(model, "overlap_off", off, sets, args)
         payload["runs"]["overlap_off"] = base
@@ -208,7 +216,7 @@ def main() -> None:
             if time.perf_counter() - t0 > args.budget_seconds:
                 payload["runs"][name] = {"skipped": f"past the {args.budget_seconds} s budget"}
                 continue
-            options = {"executor": args.executor}
+            options = dict(common)
             if plan != "default":
                 compute, memory = (int(x) for x in plan.split("/"))
                 options["sm_plan"] = {"COMPUTE": compute, "MEMORY": memory}

@@ -38,6 +38,11 @@ class CompileOptions:
     min_overlap_tokens: int = 1  # buckets with fewer tokens run as with overlap=False
     schedule: str | None = None  # an exported artifact's schedule.json (or directory): bound as stored, no passes
     fuse_light: bool | None = None  # LIGHT nano-ops fused into inductor kernels; None: on for CUDA, off for CPU
+    # Every token's result independent of the batch split and the SM budget: all CUDA matmuls on the persistent Triton
+    # GEMM (full device too: ~0.94-1.00x cuBLAS at M=1024), one KV split per token in paged attention (a few long-
+    # context decode tokens then leave SMs idle), inductor's batch-invariant mode for fused LIGHT kernels (runtime/
+    # executors/routing.py). None: off here; the engine turns it on for CUDA (greedy tokens equal with overlap off).
+    batch_invariant: bool | None = None
     given: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
@@ -77,7 +82,7 @@ class CompileOptions:
         for name in ("overlap",):
             if not isinstance(getattr(self, name), bool):
                 raise NanoflowOptionsError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("cuda_graphs", "fuse_light"):
+        for name in ("cuda_graphs", "fuse_light", "batch_invariant"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise NanoflowOptionsError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         for name in ("profile_db", "schedule"):

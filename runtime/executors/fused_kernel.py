@@ -78,15 +78,17 @@ class FusionCompileError(RuntimeError):
     """Inductor could not compile a group (the message says why); the group runs unfused."""
 
 
-def compiled(recipe: Recipe, examples: list, counters: CompileCounters) -> Callable[[list], list]:
+def compiled(recipe: Recipe, examples: list, counters: CompileCounters,
+             invariant: bool = False) -> Callable[[list], list]:
     """The callable for `recipe` on inputs like `examples` (inputs then destinations): takes the same list, writes
-    the destinations and returns the `returns` values. Raises FusionCompileError where inductor fails."""
-    key = (recipe, tuple(_meta(x) for x in examples))
+    the destinations and returns the `returns` values; `invariant`: in inductor's batch-invariant mode (a row's
+    reductions in one order whatever the row count). Raises FusionCompileError where inductor fails."""
+    key = (recipe, tuple(_meta(x) for x in examples), invariant)
     found = _CACHE.get(key)
     if found is None:
         start = time.perf_counter()
         try:
-            found = _compile(recipe, examples)
+            found = _compile(recipe, examples, invariant)
         except Exception as e:  # noqa: BLE001 - any inductor failure means: run this group unfused
             found = describe(e)
         seconds = time.perf_counter() - start
@@ -102,9 +104,9 @@ def compiled(recipe: Recipe, examples: list, counters: CompileCounters) -> Calla
     return found
 
 
-def mark_failed(recipe: Recipe, examples: list, reason: str) -> None:
+def mark_failed(recipe: Recipe, examples: list, reason: str, invariant: bool = False) -> None:
     """Remember that the callable for these inputs failed when it first ran, so that no other group uses it."""
-    _CACHE[(recipe, tuple(_meta(x) for x in examples))] = reason
+    _CACHE[(recipe, tuple(_meta(x) for x in examples), invariant)] = reason
 
 
 def _meta(x: Any) -> tuple:
@@ -119,12 +121,18 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _compile(recipe: Recipe, examples: list) -> Callable[[list], list]:
+def _compile(recipe: Recipe, examples: list, invariant: bool) -> Callable[[list], list]:
+    from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
 
     tensors = [i for i, x in enumerate(examples) if isinstance(x, torch.Tensor)]
     gm = build_graph(recipe, examples)
-    fn = compile_fx(gm, [examples[i] for i in tensors], config_patches={"triton.cudagraphs": False, "cpp.threads": 1})
+    patches = {"triton.cudagraphs": False, "cpp.threads": 1}
+    if invariant:
+        if not hasattr(config, "batch_invariant"):  # the group then runs unfused, and says why
+            raise FusionCompileError(f"torch {torch.__version__}'s inductor has no batch_invariant mode")
+        patches["batch_invariant"] = True
+    fn = compile_fx(gm, [examples[i] for i in tensors], config_patches=patches)
 
     def call(inputs: list) -> list:
         return fn(*[inputs[i] for i in tensors])

@@ -21,6 +21,7 @@ from ..ir import LIGHT, Const, NanoflowWarning, Op, Ref, ScheduleIR, Seq, Sym, c
 from . import fused_kernel
 from .fused_kernel import Call, CompileCounters, FusionCompileError, In, Items, Recipe, Res
 from .program import Program, Step, _getter, const_value, returns_sequence
+from .routing import batch_invariant
 
 FUSED_TARGET = "nanoflow.fused_light"  # the target of a fused step's stand-in op (never stored in an IR)
 _WARNED: set[str] = set()  # fallback reasons already warned about in this process
@@ -86,6 +87,7 @@ def fuse_program(program: Program, ir: ScheduleIR, binding: dict, stats: FusionS
     roots = _roots(program.steps)
     readers = _readers(program.steps, roots)
     keep = {roots.get(n, n) for n in keep}
+    invariant = batch_invariant(ir)
     fused: dict[int, tuple[int, Step]] = {}  # first index -> (last index, fused step)
     stand_in: dict[int, int] = {}
     for indices in groups.values():
@@ -93,7 +95,7 @@ def fuse_program(program: Program, ir: ScheduleIR, binding: dict, stats: FusionS
         try:
             _check(members, indices)
             live = _Liveness(roots, readers, keep, indices[-1], binding)
-            step = _fused_step(members, binding, roots, live, stats)
+            step = _fused_step(members, binding, roots, live, stats, invariant)
         except FusionError as e:
             stats.fell_back(str(e))
             continue
@@ -150,7 +152,8 @@ class _Liveness:
         return span[0] * factor, span[1] * factor
 
 
-def _fused_step(members: list[Step], binding: dict, roots: dict, live: _Liveness, stats: FusionStats) -> Step:
+def _fused_step(members: list[Step], binding: dict, roots: dict, live: _Liveness, stats: FusionStats,
+                invariant: bool) -> Step:
     first, last = members[0].op, members[-1].op
     refs = tuple(r for m in members for r in _all_refs(m.op))
     waits = sorted({w for m in members for w in m.op.waits})
@@ -160,7 +163,7 @@ def _fused_step(members: list[Step], binding: dict, roots: dict, live: _Liveness
     free = tuple(n for m in members for n in m.free)
     if members[0].fn is None:  # an empty segment: nothing runs, its place and waits stay
         return Step(op, None, lambda env: (), lambda env: {}, (), False, (), members[0].span, free)
-    group = FusedGroup(members, *_recipe(members, binding, roots, live), stats)
+    group = FusedGroup(members, *_recipe(members, binding, roots, live), stats, invariant)
     return Step(op, group, lambda env: (env,), lambda env: {}, (), False, (), members[0].span, free)
 
 
@@ -224,8 +227,10 @@ class FusedGroup:
     """A fused step's callable: compiled on the first call from that call's tensors (the same sizes at every call
     of one program); recompiled only if a host scalar it baked in changes; unfused where inductor fails."""
 
-    def __init__(self, members: list[Step], recipe: Recipe, getters: list, names: list, stats: FusionStats):
+    def __init__(self, members: list[Step], recipe: Recipe, getters: list, names: list, stats: FusionStats,
+                 invariant: bool = False):
         self.members, self.recipe, self.getters, self.names, self.stats = members, recipe, getters, names, stats
+        self.invariant = invariant  # inductor's batch-invariant mode (the `batch_invariant` compile option)
         self.fn: Callable | None = None
         self.unfused = False
         self._scalars: tuple = ()
@@ -242,7 +247,7 @@ class FusedGroup:
             try:  # the first run of a fresh callable may still fail (a kernel that does not launch)
                 results = self.fn(values)
             except Exception as e:  # noqa: BLE001 - the unfused ops rewrite everything it may have written
-                fused_kernel.mark_failed(self.recipe, values, fused_kernel.describe(e))
+                fused_kernel.mark_failed(self.recipe, values, fused_kernel.describe(e), self.invariant)
                 self._fall_back(fused_kernel.describe(e))
                 return self._run_unfused(env)
         else:
@@ -254,7 +259,7 @@ class FusedGroup:
         self._scalar_at = [i for i, v in enumerate(values) if not isinstance(v, torch.Tensor)]
         self._scalars = tuple(values[i] for i in self._scalar_at)
         try:
-            self.fn = fused_kernel.compiled(self.recipe, values, self.stats.counters)
+            self.fn = fused_kernel.compiled(self.recipe, values, self.stats.counters, self.invariant)
         except FusionCompileError as e:
             self._fall_back(str(e))
 

@@ -4,7 +4,8 @@ Per bucket layout the streams' SM counts become green-context partitions (`parti
 per process. A call forks every stream from the caller's current stream, issues each step on its stream in the
 plan's issue order, records an event after each op that another stream waits for, and joins all streams back into
 the caller's stream. On a partition smaller than the device, matmuls run the SM-aware persistent GEMM with that
-partition's SM count, and paged attention sizes its grid from the stream's budget (`partitions.sm_budget`).
+partition's SM count, and paged attention sizes its grid from the stream's budget (`partitions.sm_budget`); with
+the `batch_invariant` compile option every matmul runs that GEMM and attention one KV split per token (`routing.py`).
 
 Memory: the caching allocator reuses a freed block on the stream it was allocated on, in that stream's order only.
 So each buffer is allocated on the stream of its first user, and every other stream that touches it is recorded on
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,9 +31,9 @@ from .. import partitions
 from ..ir import Ref, ScheduleIR, Seq, StreamSpec
 from .base import register_executor
 from .program import Program, Step
+from .routing import batch_invariant, routed
 from .sequential import SequentialExecutor, run_program
 
-_MM = ("aten.mm.out", "aten.mm.default")
 _PARTITIONS: dict[tuple, dict[str, partitions.PartitionStream]] = {}  # green contexts live as long as the process
 
 
@@ -157,7 +158,7 @@ class StreamExecutor(SequentialExecutor):
         with torch.no_grad():
             streams = self._streams[_layout_key(program.bucket.streams)]
             if streams is None:  # one stream with every SM: the caller's own stream is that stream
-                return run_program(program, env)
+                return run_program(program, env, self._fns(program))
             plan, fns, events = self._prepared(program)
             return run_streams(program, plan, fns, env, streams, events)
 
@@ -198,7 +199,8 @@ class StreamExecutor(SequentialExecutor):
             self._plans = {k: v for k, v in self._plans.items() if v[0]() is not None}
         plan = plan_streams(program)
         sms = {s.id: s.sms for s in program.bucket.streams}
-        fns = [_routed(ps.step, sms.get(ps.stream), self.device_sms) for ps in plan.steps]
+        invariant = batch_invariant(self.ir)
+        fns = [routed(ps.step, sms.get(ps.stream), self.device_sms, invariant) for ps in plan.steps]
         events = [torch.cuda.Event() for _ in range(plan.num_events)]
         self._plans[id(program)] = (weakref.ref(program), plan, fns, events)
         return plan, fns, events
@@ -206,18 +208,6 @@ class StreamExecutor(SequentialExecutor):
 
 def _layout_key(streams: list[StreamSpec]) -> tuple:
     return tuple((s.id, s.sms) for s in streams)
-
-
-def _routed(step: Step, sms: int | None, device_sms: int) -> Callable:
-    """Matmuls on a partition smaller than the device run the SM-aware GEMM on its SM count (cuBLAS loses ~1.5x
-    on 80-112 SMs); everything else runs its own operator."""
-    if step.fn is None or step.op.target not in _MM or sms is None or sms >= device_sms:
-        return step.fn
-    from ..kernels import gemm
-
-    if step.op.target == "aten.mm.default":
-        return lambda a, b: gemm.mm(a, b, num_sms=sms)
-    return lambda a, b, *, out: gemm.mm(a, b, num_sms=sms, out=out)
 
 
 def run_streams(program: Program, plan: StreamPlan, fns: list, env: dict, streams: dict, events: list) -> Any:

@@ -8,7 +8,8 @@ consecutive tokens of one request. Which program owns which token is decided on 
 - decode: tokens that are alone in their request's run (and padding, which gets zeros);
 - prefill: runs of two or more tokens, cut into blocks at multiples of BLOCK_M // G positions
   (positions of one request's run are consecutive, as the model runner lays them out).
-Long contexts with few programs split the KV range (flash-decoding); partial results are merged by `_merge_kernel`.
+Long contexts with few programs split the KV range (flash-decoding); partial results are merged by `_merge_kernel`
+(never with `batch_invariant`: see `choose_splits`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ PREFILL = AttnConfig(block_m=64, block_n=32, num_warps=4, stages=4)
 
 def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
            token_req: torch.Tensor, positions: torch.Tensor, scale: float, out: torch.Tensor, *, prefill: bool,
-           num_sms: int, config: AttnConfig | None = None) -> None:
+           num_sms: int, config: AttnConfig | None = None, batch_invariant: bool = False) -> None:
     """Write `out` rows of the tokens this kind of launch owns (decode: single-token runs and padding)."""
     T, Hq, D = query.shape
     Hkv, page = k_cache.shape[2], k_cache.shape[1]
@@ -56,7 +57,7 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     block_n = max(cfg.block_n, page)  # tiles start on page boundaries, so a chunk holds whole pages
     tokens_per_program = max(1, block_m // G) if prefill else 1
     programs = triton.cdiv(T, tokens_per_program) * Hkv
-    splits = max(1, min(MAX_SPLITS, triton.cdiv(num_sms * cfg.programs_per_sm, programs)))
+    splits = choose_splits(programs, num_sms, cfg, batch_invariant)
     if splits > 1:
         part_o = torch.empty((splits, T, Hq, D), device=query.device, dtype=torch.float32)
         part_lse = torch.empty((splits, T, Hq), device=query.device, dtype=torch.float32)
@@ -74,6 +75,15 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     if splits > 1:
         _merge_kernel[(T, Hq)](part_o, part_lse, token_req, out, T, Hq, splits, out.stride(0), out.stride(1),
                                D=D, S_PAD=triton.next_power_of_2(splits), PREFILL=prefill, num_warps=4)
+
+
+def choose_splits(programs: int, num_sms: int, cfg: AttnConfig, batch_invariant: bool = False) -> int:
+    """KV splits per token: enough programs for about `programs_per_sm` per SM of the budget. Batch-invariant: one,
+    so a token's softmax runs over its context in one fixed tile order whatever the budget and the launch's token
+    count (a split count from those would cut the context elsewhere and merge partial sums in another grouping)."""
+    if batch_invariant:
+        return 1
+    return max(1, min(MAX_SPLITS, triton.cdiv(num_sms * cfg.programs_per_sm, programs)))
 
 
 @triton.jit

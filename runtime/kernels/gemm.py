@@ -40,6 +40,9 @@ class GemmConfig:
 # Efficiencies from the H100 sweep at M=1024 (benchmarks/results/kernels.json): 128x256 with a split epilogue is the
 # fastest per SM; 128x128 with 5 stages is ~5% behind but halves the tile, which evens out the rounds on partitions
 # (e.g. O/down projections on 96 SMs: 256 tiles = 3 rounds of half tiles instead of 2 rounds of 128 full ones).
+# Batch invariance (the `batch_invariant` compile option) rests on these sharing bk and the kernel's one sequential,
+# unsplit K loop with fp32 accumulation: an output element's sum runs in the same order whatever the config, M or
+# the SM budget, so configs may differ in bm/bn/stages/warps/sub only (tests/runtime/test_batch_invariant.py).
 CONFIGS = (
     GemmConfig(128, 256, 64, 4, 8, True, 1.00),
     GemmConfig(128, 128, 64, 5, 8, False, 0.95),

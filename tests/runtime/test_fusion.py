@@ -96,7 +96,7 @@ def test_identical_layers_share_compiled_groups(tiny_config, fresh_compiles):
 
 @pytest.mark.parametrize("when", ["compiling", "first run"])
 def test_a_group_inductor_cannot_compile_runs_unfused_with_a_warning(tiny_config, fresh_compiles, monkeypatch, when):
-    def fail(recipe, examples):
+    def fail(recipe, examples, invariant=False):
         if when == "compiling":
             raise RuntimeError("no inductor in this test")
 
