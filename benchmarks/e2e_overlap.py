@@ -184,8 +184,8 @@ def main() -> None:
                     help="nanoflow SM plans to run, e.g. default 112/20 (COMPUTE/MEMORY)")
     ap.add_argument("--budget-seconds", type=float, default=240.0, help="skip further SM plans past this")
     ap.add_argument("--baseline-again", action="store_true", help="run overlap off once more at the end")
-    ap.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
-                    help="the batch_invariant compile option in both runs (default: the engine's, on for CUDA)")
+    ap.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                    help="the batch_invariant compile option in both runs (default on: greedy tokens are compared)")
     ap.add_argument("--name", default="e2e_overlap_h100")
     args = ap.parse_args()
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

@@ -41,7 +41,8 @@ class CompileOptions:
     # Every token's result independent of the batch split and the SM budget: all CUDA matmuls on the persistent Triton
     # GEMM (full device too: ~0.94-1.00x cuBLAS at M=1024), one KV split per token in paged attention (a few long-
     # context decode tokens then leave SMs idle), inductor's batch-invariant mode for fused LIGHT kernels (runtime/
-    # executors/routing.py). None: off here; the engine turns it on for CUDA (greedy tokens equal with overlap off).
+    # executors/routing.py). Off unless asked for (None = off): it is untimed on the GPU, and torch 2.11's inductor has
+    # no batch-invariant mode, so fused groups would run unfused there. benchmarks/e2e_overlap.py turns it on.
     batch_invariant: bool | None = None
     given: frozenset = field(default=frozenset(), repr=False, compare=False)
 

@@ -238,7 +238,6 @@ class ModelRunner:
                 options.setdefault("token_buckets", [b for b in self.buckets if b >= 2])
             if self.device.type == "cuda":  # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B
                 options.setdefault("min_overlap_tokens", 512)  # on an H100): such steps are memory-bound throughout
-                options.setdefault("batch_invariant", True)  # overlap on and off give the same greedy tokens
         kwargs = {"options": options} if options else {}
         self._schedule_mark = next_serial()
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
