@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from gpu_timing import environment, time_fn
-from kernels import CTX, HKV, HQ, PAGE, B, D, copy_bandwidth, decode_inputs
+from kernel_bench import CTX, HKV, HQ, PAGE, B, D, copy_bandwidth, decode_inputs
 from nanoflow_compiler.runtime import partitions
 from nanoflow_compiler.runtime.kernels import dispatch
 from nanoflow_compiler.runtime.kernels.attention_kernel import DECODE, AttnConfig

@@ -7,7 +7,7 @@
 #
 # Steps, run in the order given:
 #   gpu-tests   pytest -m gpu (TESTS overrides the targets)
-#   kernels     benchmarks/kernels.py (SWEEP=1 adds the tile sweep)
+#   kernels     benchmarks/kernel_bench.py (SWEEP=1 adds the tile sweep)
 #   layer       benchmarks/layer_overlap.py $LAYER_ARGS (hand-written two-stream layer)
 #   gantt       benchmarks/layer_gantt.py: measured per-op timings of Llama-3-8B layers -> layer_timings.json + PNG
 #   search      benchmarks/search_vs_grid.py at 1024 and 2048 tokens (issue 6), told the time its box leaves
@@ -83,7 +83,7 @@ install() {
 command_for() {  # the command line of a step
   case $1 in
     gpu-tests) echo "python -m pytest ${TESTS:--m gpu tests} -q -p no:cacheprovider" ;;
-    kernels) echo "python benchmarks/kernels.py ${SWEEP:+--sweep} --name kernels_$NAME" ;;
+    kernels) echo "python benchmarks/kernel_bench.py ${SWEEP:+--sweep} --name kernels_$NAME" ;;
     layer) echo "python benchmarks/layer_overlap.py ${LAYER_ARGS:-} --name layer_overlap_$NAME" ;;
     gantt) echo "python benchmarks/layer_gantt.py ${GANTT_ARGS:-} --output-dir $R" ;;
     search) echo "python benchmarks/search_vs_grid.py --buckets 1024 2048 ${SEARCH_ARGS:-} --output $R/search_vs_grid.json --time-budget" ;;

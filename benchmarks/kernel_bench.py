@@ -1,7 +1,7 @@
 """Kernel microbenchmarks on the GPU: decode attention vs copy bandwidth, SM-aware GEMM vs cuBLAS, on the full
 device and on disjoint SM partitions. Writes benchmarks/results/kernels.json and prints a short table last.
 
-    python benchmarks/kernels.py [--sweep]   # --sweep also times every tile config (for tuning the defaults)
+    python benchmarks/kernel_bench.py [--sweep]   # --sweep also times every tile config (for tuning the defaults)
 """
 
 from __future__ import annotations
