@@ -9,6 +9,7 @@
 #   gpu-tests   pytest -m gpu (TESTS overrides the targets)
 #   kernels     benchmarks/kernel_bench.py (SWEEP=1 adds the tile sweep)
 #   layer       benchmarks/layer_overlap.py $LAYER_ARGS (hand-written two-stream layer)
+#   e2e         benchmarks/e2e_overlap.py $E2E_ARGS: engine greedy tokens and throughput, overlap on vs off (issue 5)
 #   gantt       benchmarks/layer_gantt.py: measured per-op timings of Llama-3-8B layers -> layer_timings.json + PNG
 #   search      benchmarks/search_vs_grid.py at 1024 and 2048 tokens (issue 6), told the time its box leaves
 #   bench       the issue-7 set through benchmarks/run_h100.sh: throughput ablations peers optimal plots
@@ -38,13 +39,14 @@ mkdir -p "$R"
 : >"$STATUS"
 PACKED=("$STATUS")
 
-declare -A BOX=([gpu-tests]=240 [kernels]=150 [layer]=240 [gantt]=150 [search]=420 [throughput]=270
+declare -A BOX=([gpu-tests]=240 [kernels]=150 [layer]=240 [e2e]=300 [gantt]=150 [search]=420 [throughput]=270
                 [ablations]=130 [peers]=100 [optimal]=30 [latency]=120 [plots]=15)
 declare -A CMD_BOX=([throughput]=90 [ablations]=130 [peers]=60 [optimal]=15 [latency]=120 [plots]=10)
 declare -A FILES=(
   [gpu-tests]="log_gpu-tests.txt"
   [kernels]="log_kernels.txt kernels.json"
   [layer]="log_layer.txt layer_overlap.json"
+  [e2e]="log_e2e.txt e2e_overlap.json"
   [gantt]="log_gantt.txt layer_timings.json gantt_layer.png"
   [search]="log_search.txt search_vs_grid.json"
   [throughput]="log_throughput.txt nanoflow_*.json"
@@ -85,6 +87,7 @@ command_for() {  # the command line of a step
     gpu-tests) echo "python -m pytest ${TESTS:--m gpu tests} -q -p no:cacheprovider" ;;
     kernels) echo "python benchmarks/kernel_bench.py ${SWEEP:+--sweep} --name kernels_$NAME" ;;
     layer) echo "python benchmarks/layer_overlap.py ${LAYER_ARGS:-} --name layer_overlap_$NAME" ;;
+    e2e) echo "python benchmarks/e2e_overlap.py ${E2E_ARGS:-} --name e2e_overlap_$NAME" ;;
     gantt) echo "python benchmarks/layer_gantt.py ${GANTT_ARGS:-} --output-dir $R" ;;
     search) echo "python benchmarks/search_vs_grid.py --buckets 1024 2048 ${SEARCH_ARGS:-} --output $R/search_vs_grid.json --time-budget" ;;
     throughput|ablations|peers|optimal|latency|plots) echo "bash benchmarks/run_h100.sh $1" ;;
@@ -110,6 +113,7 @@ run_step() {
   case $step in  # gpu_timing.write_json writes to benchmarks/results/; keep this job's copy with the rest
     kernels) [ -f "benchmarks/results/kernels_$NAME.json" ] && mv "benchmarks/results/kernels_$NAME.json" "$R/kernels.json" ;;
     layer) [ -f "benchmarks/results/layer_overlap_$NAME.json" ] && mv "benchmarks/results/layer_overlap_$NAME.json" "$R/layer_overlap.json" ;;
+    e2e) [ -f "benchmarks/results/e2e_overlap_$NAME.json" ] && mv "benchmarks/results/e2e_overlap_$NAME.json" "$R/e2e_overlap.json" ;;
   esac
   tail -n 5 "$R/log_$step.txt"
   note "== $step: rc=$rc$( ((rc == 124 || rc == 137)) && echo ' (time box)') in $((SECONDS - t0)) s"
@@ -118,7 +122,7 @@ run_step() {
 
 EXPANDED=${STEPS//bench/throughput ablations peers optimal plots}
 for step in $EXPANDED; do
-  [ -n "${FILES[$step]:-}" ] || { echo "unknown step '$step'; steps: gpu-tests kernels layer gantt search bench ${!CMD_BOX[*]}" >&2; exit 2; }
+  [ -n "${FILES[$step]:-}" ] || { echo "unknown step '$step'; steps: gpu-tests kernels layer e2e gantt search bench ${!CMD_BOX[*]}" >&2; exit 2; }
 done
 note "job $NAME on GPU $GPU: $STEPS (commit $NANOFLOW_GIT_COMMIT, budget $JOB_BUDGET s)"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,clocks.sm --format=csv,noheader -i "$GPU" 2>&1 | tee -a "$STATUS"
