@@ -20,7 +20,7 @@ import torch
 from ..ir import LIGHT, Const, NanoflowWarning, Op, Ref, ScheduleIR, Seq, Sym, compile_expr
 from . import fused_kernel
 from .fused_kernel import Call, CompileCounters, FusionCompileError, In, Items, Recipe, Res
-from .program import Program, Step, _getter, const_value, returns_sequence
+from .program import Program, Step, _getter, const_value, persistent_names, returns_sequence
 from .routing import batch_invariant
 
 FUSED_TARGET = "nanoflow.fused_light"  # the target of a fused step's stand-in op (never stored in an IR)
@@ -83,7 +83,7 @@ def fuse_program(program: Program, ir: ScheduleIR, binding: dict, stats: FusionS
             groups.setdefault(step.op.group, []).append(i)
     if not groups:
         return
-    keep = {i.name for i in ir.signature.inputs} | {c.name for c in ir.constants} | _names(ir.outputs)
+    keep = persistent_names(ir)
     roots = _roots(program.steps)
     readers = _readers(program.steps, roots)
     keep = {roots.get(n, n) for n in keep}
@@ -285,10 +285,6 @@ def _all_refs(op: Op) -> list[Ref]:
     for a in [*op.args, *op.kwargs.values(), *op.copy_to]:
         walk(a)
     return found
-
-
-def _names(arg: Any) -> set[str]:
-    return {r.value for r in _all_refs(Op(0, "", "", "", "", args=[arg]))}
 
 
 def _roots(steps: list[Step]) -> dict[str, str]:

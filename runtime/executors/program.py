@@ -141,9 +141,14 @@ def materialize(ir: ScheduleIR, binding: dict[str, int]) -> Program:
         kwargs = _dict_getter({k: _getter(a, span, binding) for k, a in op.kwargs.items()})
         copy_to = tuple(None if r is None else _getter(r, span, binding) for r in op.copy_to)
         steps.append(Step(op, fn, args, kwargs, tuple(op.outputs), returns_sequence(fn), copy_to, span))
-    keep = {i.name for i in ir.signature.inputs} | {c.name for c in ir.constants} | _refs(ir.outputs)
+    keep = persistent_names(ir)
     _plan_frees(steps, keep)
     return Program(bucket, tokens, cuts, steps, _getter(ir.outputs, None, binding))
+
+
+def persistent_names(ir: ScheduleIR) -> set[str]:
+    """Values that outlive any step: the graph's inputs, its constants and what it returns."""
+    return {i.name for i in ir.signature.inputs} | {c.name for c in ir.constants} | _refs(ir.outputs)
 
 
 def _refs(arg: Any) -> set[str]:
