@@ -28,7 +28,7 @@ import torch
 
 from .attention import AttnMetadata
 from .config import EngineConfig
-from .executors.base import next_serial, schedules_since, take_last_run
+from .executors.base import CompiledSchedule, take_last_run
 from .executors.program import class_cuts
 from .ir import MEMORY
 from .sampling import SampledTokens, to_device
@@ -68,7 +68,7 @@ class ModelRunner:
         self.compile_fallback: str | None = None
         self.compile_seconds = 0.0
         self.min_dim = 1
-        self._cut_plan = None  # the nanoflow Schedule IR whose attention cuts the scheduler aligns requests to
+        self._served: CompiledSchedule | None = None  # the nanoflow schedule that runs the compiled model
         self.forward = self._compile() if config.compile else model
         self.channel = open_channel(self.device)  # tensor parallelism: rank 0 sends each batch to the other ranks
 
@@ -82,10 +82,9 @@ class ModelRunner:
         return self.forward(*inputs)[: len(batch)]
 
     def executor_status(self) -> list[dict]:
-        """What the nanoflow executors of this runner's compiled model report (graph captures, replays, SM
+        """What the nanoflow executor of this runner's compiled model reports (graph captures, replays, SM
         partitions); empty when the model is eager or compiled by another backend."""
-        mark = getattr(self, "_schedule_mark", None)
-        return [] if mark is None else [s.status() for s in schedules_since(mark)]
+        return [] if self._served is None else [self._served.status()]
 
     def attention_cuts(self, num_tokens: int) -> list[int] | None:
         """Where the attention (MEMORY) nano-batches of an iteration of `num_tokens` scheduled tokens begin and end,
@@ -93,9 +92,9 @@ class ModelRunner:
         there, so that no request's KV prefix is read by two attention nano-ops. None without a nanoflow schedule
         (eager, another backend, a fallback) or without token buckets (the cuts then scale with every count, and
         ending chunks at them would only shrink the batch round after round)."""
-        if self._cut_plan is None or not self.buckets:
+        if self._served is None or not self.buckets:
             return None
-        return class_cuts(self._cut_plan, self._padded(max(num_tokens, self.min_dim)), MEMORY)
+        return class_cuts(self._served.ir, self._padded(max(num_tokens, self.min_dim)), MEMORY)
 
     def prepare(self, batch: ScheduledBatch, previous: SampledTokens | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata]:
@@ -239,7 +238,6 @@ class ModelRunner:
             if self.device.type == "cuda":  # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B
                 options.setdefault("min_overlap_tokens", 512)  # on an H100): such steps are memory-bound throughout
         kwargs = {"options": options} if options else {}
-        self._schedule_mark = next_serial()
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).
         compiled = torch.compile(self.model, backend=backend, dynamic=True, fullgraph=True, **kwargs)
@@ -251,8 +249,9 @@ class ModelRunner:
         take_last_run()
         self._dummy_run(compiled, self._padded(2) if self.buckets else 8)
         self.compile_seconds = time.perf_counter() - start
-        served = take_last_run()  # None: no nanoflow schedule ran (another backend, or the passes fell back)
-        self._cut_plan = served.ir if served is not None else None
+        # Which schedule served the call: Dynamo may reuse a graph compiled for another model of the same shapes,
+        # so nothing new need be compiled here. None: no nanoflow schedule ran (another backend, or a fallback).
+        self._served = take_last_run()
         if self.buckets and self.device.type == "cuda":
             self._capture_buckets(compiled)
             self.compile_seconds = time.perf_counter() - start

@@ -97,23 +97,18 @@ class ProgramCache:
 
 
 
-_SERIAL = [0]  # the next schedule's serial number
-_LIVE: "weakref.WeakValueDictionary[int, CompiledSchedule]" = weakref.WeakValueDictionary()
 _LAST_RUN: list = [None]  # a weak reference to the schedule that ran last
 
 
 class CompiledSchedule:
     """What the backend hands Dynamo: a Schedule IR bound to an executor, called with the graph's inputs.
 
-    Each gets a serial number and stays findable while alive (`schedules_since`), because Dynamo hides the
-    backend's callable: the engine reports its executors' counters (graph captures, replays) through this."""
+    Dynamo hides the backend's callable; the last one called is found with `take_last_run`, which is how the engine
+    reports its executor's counters (graph captures, replays) and reads its attention cuts."""
 
     def __init__(self, ir: ScheduleIR, executor: Executor):
         self.ir = ir
         self.executor = executor
-        self.serial = _SERIAL[0]
-        _SERIAL[0] += 1
-        _LIVE[self.serial] = self
         self._ref = weakref.ref(self)
 
     def status(self) -> dict:
@@ -136,20 +131,8 @@ def bind(ir: ScheduleIR, constants: Mapping[str, torch.Tensor], requested: str, 
     return CompiledSchedule(ir, cls(ir, constants, **{"device": device, **settings})), reason
 
 
-def next_serial() -> int:
-    """The serial number the next CompiledSchedule will get (a mark to pass to `schedules_since`)."""
-    return _SERIAL[0]
-
-
-def schedules_since(mark: int) -> list[CompiledSchedule]:
-    """The live schedules compiled since `mark` (from `next_serial`), oldest first."""
-    found = (_LIVE.get(k) for k in sorted(_LIVE.keys()) if k >= mark)
-    return [s for s in found if s is not None]
-
-
 def take_last_run() -> CompiledSchedule | None:
-    """The schedule that ran last (if still alive), forgotten once taken. How a caller learns which schedule served
-    its call: Dynamo reuses a cached graph, compiled for another model instance of the same shapes, without
-    compiling anything new (so `schedules_since` finds nothing)."""
+    """The schedule that ran last (if still alive), forgotten once taken: how a caller learns which schedule served
+    its call, also when Dynamo reused a graph compiled for another model instance of the same shapes."""
     ref, _LAST_RUN[0] = _LAST_RUN[0], None
     return ref() if ref is not None else None
