@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,14 +75,10 @@ def environment() -> dict:
     """Device, versions, commit and command line, recorded with every result."""
     import triton
 
+    from nanoflow_compiler.bench.report import git_info
+
     props = torch.cuda.get_device_properties(0)
-    commit = os.environ.get("NANOFLOW_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = git_info()["commit"] or "unknown"
     return {
         "device": props.name, "sms": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", None),
         "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,

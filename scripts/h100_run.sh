@@ -25,8 +25,7 @@ cd "$(dirname "$0")/.."
 START=$SECONDS
 GPU=${GPU:-0}
 export CUDA_VISIBLE_DEVICES=$GPU PYTHONUNBUFFERED=1
-export NANOFLOW_GIT_COMMIT=${NANOFLOW_GIT_COMMIT:-${NANOFLOW_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}}
-export NANOFLOW_COMMIT=$NANOFLOW_GIT_COMMIT  # the name benchmarks/gpu_timing.py reads
+export NANOFLOW_GIT_COMMIT=${NANOFLOW_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 R=${RESULTS:-benchmarks/results/h100}
 export RESULTS=$R N=${N:-16} N_ABLATION=${N_ABLATION:-8}
 NAME=${NAME:-h100_gpu$GPU}
