@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
               f"{out['fractions']['of_roofline_overlapped']:.4g} of the overlapped roofline, "
               f"{out['fractions']['of_roofline_sequential']:.4g} of the sequential one")
     if opts.output_json:
-        from nanoflow_compiler.bench.report import write_json
+        from nanoflow_compiler.bench.report import environment, write_json
 
-        write_json(opts.output_json, out)
+        write_json(opts.output_json, {**out, **environment(opts.resolved_device())})
     return 0
 
 
