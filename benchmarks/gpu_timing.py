@@ -19,25 +19,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def capture(body: Callable[[], None], stream: torch.cuda.Stream | None = None) -> torch.cuda.CUDAGraph:
     """Capture `body` into a graph; with `stream`, the body runs forked onto that (partition) stream and joined."""
     cap = torch.cuda.Stream()
-    cap.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(cap):  # warm-up outside capture: Triton compiles, cuBLAS creates its handles
+
+    def forked() -> None:
         if stream is None:
             body()
-        else:
-            stream.wait_stream(cap)
-            with torch.cuda.stream(stream):
-                body()
-            cap.wait_stream(stream)
+            return
+        stream.wait_stream(cap)
+        with torch.cuda.stream(stream):
+            body()
+        cap.wait_stream(stream)
+
+    cap.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(cap):  # warm-up outside capture: Triton compiles, cuBLAS creates its handles
+        forked()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=cap):
-        if stream is None:
-            body()
-        else:
-            stream.wait_stream(cap)
-            with torch.cuda.stream(stream):
-                body()
-            cap.wait_stream(stream)
+        forked()
     torch.cuda.synchronize()
     return graph
 
