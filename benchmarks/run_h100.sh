@@ -8,6 +8,9 @@
 #   bash benchmarks/run_h100.sh throughput peers plots
 #
 # Environment: MODEL (llama-3-8b), N (256 prompts), N_ABLATION (128), MNBT (1024 tokens per iteration),
+# WORKLOADS (the throughput step's: "1024x512 512x1024 splitwise-like lmsys-like sharegpt-like"), ABL_LENS (the
+# ablations' input x output lengths, 1024x512), ABL_ONLY (ablations.py --only), PEERS (hf inductor torch_tensorrt vllm
+# sglang trtllm), HF_BATCH (64),
 # RESULTS (benchmarks/results/h100), EXTRA (more flags for our runs, e.g. --compile-options '{...}'),
 # GPU_LABEL (plot titles, "one H100"), DEVICE (cuda) and DTYPE (bfloat16): `DEVICE=cpu DTYPE=float32 MODEL=<tiny dir> N=4` smoke-tests the script.
 # CMD_TIMEOUT (seconds, 0 = none) boxes each command. When $OUT is set (the device tool), $RESULTS is copied there
@@ -33,24 +36,30 @@ run() {
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
 if has throughput; then
-  run python benchmarks/throughput.py $OURS --input-len 1024 --output-len 512 --num-prompts "$N" --output-json "$R/nanoflow_1024_512.json"
-  run python benchmarks/throughput.py $OURS --input-len 512 --output-len 1024 --num-prompts "$N" --output-json "$R/nanoflow_512_1024.json"
-  for d in splitwise-like lmsys-like sharegpt-like; do
-    run python benchmarks/throughput.py $OURS --dataset "$d" --num-prompts "$N" --output-json "$R/nanoflow_$d.json"
+  for w in ${WORKLOADS:-1024x512 512x1024 splitwise-like lmsys-like sharegpt-like}; do
+    if [[ $w == *x* ]]; then
+      run python benchmarks/throughput.py $OURS --input-len "${w%x*}" --output-len "${w#*x}" --num-prompts "$N" \
+        --output-json "$R/nanoflow_${w%x*}_${w#*x}.json"
+    else
+      run python benchmarks/throughput.py $OURS --dataset "$w" --num-prompts "$N" --output-json "$R/nanoflow_$w.json"
+    fi
   done
 fi
 
 if has ablations; then
-  run python benchmarks/ablations.py $OURS --input-len 1024 --output-len 512 --num-prompts "$N_ABLATION" --output-json "$R/ablations_1024_512.json"
+  A=${ABL_LENS:-1024x512}
+  run python benchmarks/ablations.py $OURS --input-len "${A%x*}" --output-len "${A#*x}" --num-prompts "$N_ABLATION" \
+    ${ABL_ONLY:+--only "$ABL_ONLY"} --output-json "$R/ablations_${A%x*}_${A#*x}.json"
 fi
 
 if has peers; then
   W="--input-len 1024 --output-len 512 --num-prompts $N"
-  run python benchmarks/peers/inductor.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/inductor_1024_512.json"
-  run python benchmarks/peers/hf_transformers.py $GPU $W --batch-size 64 --output-json "$R/hf_1024_512.json"
-  run python benchmarks/peers/torch_tensorrt_runner.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/torch_tensorrt_1024_512.json"
+  PEERS=" ${PEERS:-hf inductor torch_tensorrt vllm sglang trtllm} "
+  [[ $PEERS == *" inductor "* ]] && run python benchmarks/peers/inductor.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/inductor_1024_512.json"
+  [[ $PEERS == *" hf "* ]] && run python benchmarks/peers/hf_transformers.py $GPU $W --batch-size "${HF_BATCH:-64}" --output-json "$R/hf_1024_512.json"
+  [[ $PEERS == *" torch_tensorrt "* ]] && run python benchmarks/peers/torch_tensorrt_runner.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/torch_tensorrt_1024_512.json"
   for p in vllm sglang trtllm; do
-    run python benchmarks/peers/${p}_runner.py $GPU $W --max-num-batched-tokens "$MNBT" --output-json "$R/${p}_1024_512.json"
+    [[ $PEERS == *" $p "* ]] && run python benchmarks/peers/${p}_runner.py $GPU $W --max-num-batched-tokens "$MNBT" --output-json "$R/${p}_1024_512.json"
   done
 fi
 
