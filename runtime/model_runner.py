@@ -18,6 +18,7 @@ previous iteration's outputs, static CUDA-graph buffers included, are read befor
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import time
 import warnings
@@ -195,7 +196,9 @@ class ModelRunner:
 
     def _cuda_kv_budget(self) -> int:
         """What `kv_cache_memory_fraction` of the GPU leaves after weights, a full iteration's activations and
-        memory held outside torch (measured with one dummy iteration, as vLLM does)."""
+        memory held outside torch (measured with one dummy iteration, as vLLM does). Garbage is collected first: an
+        engine dropped before this one may still hold its cache and graphs in reference cycles."""
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         self.model.allocate_kv_cache(1, self.block_size, self.dtype, self.device)

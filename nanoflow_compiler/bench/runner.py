@@ -89,7 +89,14 @@ def sampling_params(output_len: int, ignore_eos: bool) -> SamplingParams:
 
 
 def run_offline(engine, workload: Workload, ignore_eos: bool, tag: str) -> OfflineRun:
-    """All requests queued at once, stepped until done; the clock includes queuing, as vLLM's does."""
+    """All requests queued at once, stepped until done; the clock includes queuing, as vLLM's does. A workload the
+    engine's context cannot hold, or a run that generated fewer tokens than `ignore_eos` asks for, is an error: its
+    throughput would count a different workload."""
+    longest = max(len(r.prompt_token_ids) + r.output_len for r in workload.requests)
+    if longest > engine.max_model_len:
+        raise ValueError(f"the workload's longest request needs {longest} tokens of context but the engine holds "
+                         f"{engine.max_model_len} (max_model_len, from the model and the KV cache's "
+                         f"{engine.stats().get('num_total_blocks')} blocks); shorten the lengths or free GPU memory")
     start = time.perf_counter()
     for i, r in enumerate(workload.requests):
         engine.add_request(f"{tag}-{i}", list(r.prompt_token_ids), sampling_params(r.output_len, ignore_eos))
@@ -100,6 +107,9 @@ def run_offline(engine, workload: Workload, ignore_eos: bool, tag: str) -> Offli
         steps += 1
     _synchronize(engine)
     elapsed = time.perf_counter() - start
+    if ignore_eos and output_tokens != workload.num_output_tokens:
+        raise RuntimeError(f"the run generated {output_tokens} output tokens where the workload asks for "
+                           f"{workload.num_output_tokens} with ignore_eos; its throughput would not be this workload's")
     return OfflineRun(elapsed, len(workload.requests), workload.num_prompt_tokens, output_tokens, steps)
 
 
@@ -142,11 +152,12 @@ def engine_facts(engine, loaded: LoadedModel, dtype: torch.dtype) -> dict:
 
 def release() -> None:
     """After the caller dropped its engine: collect it and forget compiled graphs, so that the next engine (ablations
-    build several) starts from a clean compiler state; the next engine's cache replaces this one's on the model."""
+    build several) starts from a clean compiler state and sizes its KV cache from the memory this one held. Dynamo's
+    caches go first: they hold the compiled schedule (graphs, bound caches), which the collection after can then free."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    torch._dynamo.reset()
 
 
 def _synchronize(engine) -> None:
