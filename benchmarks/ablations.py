@@ -7,7 +7,9 @@ reported as a throughput ratio against the first (overlap off: one stream, no na
 
 The settings are `nanoflow` compile options (nanoflow_compiler/options.py); `--compile-options` is merged into
 every one (e.g. nano_batches, sm_plan), `--only` picks some. Any executor fallback the backend reports is kept
-with its row, so a row that did not run what it names says so. The model loads once and C/BW are measured once.
+with its row, so a row that did not run what it names says so. C/BW are measured once; each setting runs in its own
+process with its own copy of the model (the same seed, so the same weights), so that no setting inherits another's
+GPU memory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nanoflow_compiler.bench import runner
 from nanoflow_compiler.bench.args import add_engine_args, add_workload_args, options_from_args, script_main
 from nanoflow_compiler.bench.optimal import measure_peaks
 from nanoflow_compiler.bench.report import environment, write_json
-from nanoflow_compiler.bench.throughput import run_throughput
+from nanoflow_compiler.bench.throughput import run_throughput_isolated
 
 # name -> compile options; the first is the baseline of every ratio.
 SETTINGS: dict[str, dict] = {
@@ -59,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     if not opts.compile:
         raise ValueError("ablations compare backend settings; drop --no-compile")
-    loaded = runner.load(opts)
     peaks = measure_peaks(opts.resolved_device(), opts.resolved_dtype(), opts.tflops, opts.bandwidth)
+    runner.release()  # the measurement's buffers go back before the first setting's process sizes its KV cache
     rows, runs = [], []
     names = chosen(args.only)
     for name in names:
         options = {**SETTINGS[name], **(opts.compile_options or {})}
         print(f"=== {name}: {options}", flush=True)
-        result = run_throughput(opts, loaded=loaded, peaks=peaks, compile_options=options, system=f"nanoflow[{name}]")
+        result = run_throughput_isolated(opts, peaks, options, system=f"nanoflow[{name}]")
         runs.append(result)
         rows.append({
             "setting": name, "compile_options": options, "tokens_per_second": result["tokens_per_second"],
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         })
         if opts.output_json:  # after every setting: a time-boxed run keeps the settings it finished
             write_json(opts.output_json, {"baseline": rows[0]["setting"], "ablations": rows,
-                                          "complete": len(rows) == len(names), "model": loaded.name,
+                                          "complete": len(rows) == len(names), "model": runs[0]["model"],
                                           "workload": runs[0]["workload"], "optimal": runs[0]["optimal"],
                                           "runs": runs, **environment(opts.resolved_device())})
     print(f"\n{'setting':<40}{'total tok/s':>14}{'output tok/s':>14}{'ratio':>8}  notes")

@@ -74,6 +74,18 @@ def run_throughput(
     return result
 
 
+def run_throughput_isolated(
+    opts: BenchOptions, peaks: Peaks, compile_options: dict | None = None, system: str = "nanoflow",
+) -> dict:
+    """`run_throughput` in a fresh process that loads its own model: the next run starts on an empty GPU. (In one
+    process, an engine dropped on CUDA kept its KV cache alive, so the next one got a cache of a few blocks.)"""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_throughput, opts, None, peaks, compile_options, system).result()
+
+
 def optimal_report(
     result: dict, workload, loaded: LoadedModel, peaks: Peaks, config, dtype, num_gpus: int = 1,
 ) -> dict:
