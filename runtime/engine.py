@@ -129,6 +129,7 @@ class LLMEngine:
             block_size=self.config.block_size,
             compile_backend=self.runner.compile_backend,
             compile_fallback=self.runner.compile_fallback,
+            overlap_fallback=self.runner.overlap_fallback,
             compile_seconds=self.runner.compile_seconds,
             async_scheduling=self.async_scheduling,
             **self._counters,
