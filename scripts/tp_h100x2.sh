@@ -61,6 +61,8 @@ run_step() {  # run_step NAME OUTPUT_JSON COMMAND...
   # timeout signals the whole process group, so the spawned ranks end with the launcher
   timeout -k 15 "$box" "$@" >"$R/log_$step.txt" 2>&1
   rc=$?
+  # ranks stuck in a collective outlive the launcher's TERM and kept ~130 GB of each GPU in later jobs: kill them
+  if pkill -KILL -f 'multiprocessing.spawn import spawn_main'; then sleep 3; note "killed leftover rank processes"; fi
   tail -n 8 "$R/log_$step.txt" | tee -a "$STATUS"
   note "== $step: rc=$rc$( ((rc == 124 || rc == 137)) && echo ' (time box)') in $((SECONDS - t0)) s"
   pack
