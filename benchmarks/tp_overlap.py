@@ -119,7 +119,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", help="dtype of the throughput part")
     p.add_argument("--backend", default="nanoflow")
     p.add_argument("--overlap-off", type=json.loads, default={"nano_batches": 1},
-                   help="JSON compile options with no network overlap (one nano-batch: nothing to overlap with)")
+                   help="JSON compile options with no network overlap (one nano-batch: nothing to overlap with); "
+                        "null skips that run (a probe of one configuration)")
     p.add_argument("--overlap-on", type=json.loads, default={},
                    help="JSON compile options with overlap (default: the backend's own plan)")
     p.add_argument("--decode-tokens", type=int, default=256)
@@ -160,18 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:  # a time-boxed run keeps the greedy part; "throughput" is absent until that part ends
             write_json(args.output, {**result, **environment(args.device)})
     option_sets = {"overlap_off": args.overlap_off, "overlap_on": args.overlap_on}
+    option_sets = {label: options for label, options in option_sets.items() if options is not None}
     runs = distributed.launch(
         throughput, args.tp, args.model, overrides, args.dtype, args.device, args.backend, option_sets,
         args.decode_tokens, args.context, args.prefill_tokens, args.warmup, args.iters, backend=backend,
     )
     result["throughput"] = {"dtype": args.dtype, "backend": args.backend, "decode_tokens": args.decode_tokens,
-                            "context": args.context, "prefill_tokens": args.prefill_tokens, **runs,
-                            "speedup": runs["overlap_on"]["tokens_per_second"] / runs["overlap_off"]["tokens_per_second"]}
+                            "context": args.context, "prefill_tokens": args.prefill_tokens, **runs}
+    if len(runs) == 2:
+        result["throughput"]["speedup"] = runs["overlap_on"]["tokens_per_second"] / runs["overlap_off"]["tokens_per_second"]
     for label in option_sets:
         print(f"{label}: {runs[label]['tokens_per_second']:.0f} tokens/s "
               f"({runs[label]['iteration_seconds'] * 1e3:.2f} ms per {args.decode_tokens + args.prefill_tokens}-token "
               f"iteration, options {json.dumps(runs[label]['options'])})")
-    print(f"overlap on / off: {result['throughput']['speedup']:.3f}x")
+    if "speedup" in result["throughput"]:
+        print(f"overlap on / off: {result['throughput']['speedup']:.3f}x")
     if args.output:
         write_json(args.output, {**result, **environment(args.device)})
     return 0

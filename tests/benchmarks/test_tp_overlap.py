@@ -36,3 +36,21 @@ def test_tp2_greedy_equals_tp1_and_both_overlap_settings_run(tmp_path):
         assert runs[label]["tokens_per_second"] > 0
     assert result["tensor_parallel_size"] == 2 and result["config_overrides"]["hidden_size"] == 64
     assert "overlap on / off" in run.stdout
+
+
+def test_a_probe_runs_one_configuration_with_unsplit_collectives(tmp_path):
+    """The `probe` step of scripts/tp_h100x2.sh: overlap off skipped (null), collectives in one nano-batch while
+    the rest splits in two."""
+    out = tmp_path / "probe.json"
+    probe = {"nano_batches": {"COMPUTE": 2, "MEMORY": 2, "LIGHT": 2, "NETWORK": 1}}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32", "--skip-greedy",
+         "--config-overrides", json.dumps(TINY), "--decode-tokens", "8", "--context", "32", "--prefill-tokens", "24",
+         "--warmup", "1", "--iters", "1", "--overlap-off", "null", "--overlap-on", json.dumps(probe),
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads(out.read_text())["throughput"]
+    assert "overlap_off" not in runs and "speedup" not in runs
+    assert runs["overlap_on"]["options"] == probe and runs["overlap_on"]["tokens_per_second"] > 0
