@@ -130,6 +130,7 @@ class LLMEngine:
             compile_backend=self.runner.compile_backend,
             compile_fallback=self.runner.compile_fallback,
             overlap_fallback=self.runner.overlap_fallback,
+            profile_db=self.runner.profile_db,
             compile_seconds=self.runner.compile_seconds,
             async_scheduling=self.async_scheduling,
             **self._counters,

@@ -85,6 +85,7 @@ class ModelRunner:
         self.compile_backend: str | None = None
         self.compile_fallback: str | None = None
         self.overlap_fallback: str | None = None  # why the engine runs with overlap off where it would be on
+        self.profile_db: str | None = None  # the searched plans the engine compiled with, if any
         self.compile_seconds = 0.0
         self.min_dim = 1
         self._served: CompiledSchedule | None = None  # the nanoflow schedule that runs the compiled model
@@ -259,6 +260,12 @@ class ModelRunner:
             if self.device.type == "cuda":  # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B
                 options.setdefault("min_overlap_tokens", 512)  # on an H100): such steps are memory-bound throughout
             self.overlap_fallback = tp_overlap_default(options, self.device, get_tp().size)
+            if self.device.type == "cuda" and get_tp().size == 1 and "plan" not in options:
+                from ..search.auto import stored_plans_db
+
+                self.profile_db = stored_plans_db(self.model.config)
+                if self.profile_db is not None:  # `nanoflow search` measured this GPU: its plans beat the default
+                    options.update(plan="auto", profile_db=self.profile_db)
         kwargs = {"options": options} if options else {}
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).

@@ -13,9 +13,9 @@ import warnings
 import networkx as nx
 
 from .cost_model import AnalyticalCostModel, TableCostModel, peaks_for
-from .errors import MissingProfileError, SearchWarning
+from .errors import MissingProfileError, ProfileMismatchError, ProfileSchemaError, SearchWarning
 from .layer_graph import decoder_layer_graph, model_key, shapes_from_parameters
-from .profile_db import DeviceKey, ProfileDB
+from .profile_db import DeviceKey, ProfileDB, default_db_path
 from .search import Plan, load_plan, search_bucket
 
 DEFAULT_SMS = 132  # an H100's, for planning on machines without a GPU
@@ -71,6 +71,28 @@ def _analytical(layer: nx.DiGraph, bucket: int, model: str, device: str, sms: in
     plan = Plan.from_json(_ANALYTICAL[key].to_json())
     plan.notes.insert(0, f"fallback: {message}")
     return plan
+
+
+def stored_plans_db(config) -> str | None:
+    """This GPU's default profile database (where `nanoflow search` stores it) when it holds a searched plan for
+    `config`'s layer shape, else None: an engine then plans with it (plan='auto') instead of the fixed default
+    split. A database the loader refuses is passed over with a SearchWarning that says why."""
+    try:
+        key = DeviceKey.current()
+    except RuntimeError:
+        return None
+    path = default_db_path(key)
+    if not path.exists():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SearchWarning)  # other torch/triton versions: measured on other kernels
+            db = ProfileDB.load(path, expect=key)
+    except (ProfileMismatchError, ProfileSchemaError, SearchWarning) as e:
+        warnings.warn(f"not planning from {path}: {e}", SearchWarning, stacklevel=2)
+        return None
+    model = model_key(config)
+    return str(path) if any(k.rsplit("@", 1)[0] == model for k in db.plans) else None
 
 
 def merge_plan_options(plans: dict[int, Plan]) -> tuple[dict, list[str]]:

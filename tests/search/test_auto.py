@@ -84,3 +84,31 @@ def test_auto_options_declines_graphs_of_another_form():
 
     options, notes, _ = auto_options({"layers.0.mlp.experts.w1": (8, 16, 4)}, [128])
     assert options is None and "default plan stands" in notes[0]
+
+
+def test_engines_plan_from_this_gpus_database_only_when_it_holds_their_layer(tiny_config, tmp_path, monkeypatch):
+    """`stored_plans_db`: the default database of the current GPU, if `nanoflow search` stored a plan for this layer
+    shape; none without a GPU, a file, or such a plan; a database of other torch/triton versions is passed over,
+    with a warning."""
+    from nanoflow_compiler.search import auto
+    from nanoflow_compiler.search.profile_db import DeviceKey, ProfileDB, default_db_path
+
+    config = tiny_config()
+    assert auto.stored_plans_db(config) is None  # CPU: no device key
+    key = DeviceKey("Synthetic GPU", 132, "2.13.0", "3.6.0")
+    monkeypatch.setattr(DeviceKey, "current", classmethod(lambda cls, device_index=0: key))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = default_db_path(key)
+    assert str(path).startswith(str(tmp_path)) and auto.stored_plans_db(config) is None  # no file
+    db = ProfileDB(key)
+    db.plans[plan_key("decoder-another-layer", 1024)] = {"bucket": 1024}
+    path.parent.mkdir(parents=True)
+    db.save(path)
+    assert auto.stored_plans_db(config) is None  # a plan, but for another layer shape
+    db.plans[plan_key(model_key(config), 1024)] = {"bucket": 1024}
+    db.save(path)
+    assert auto.stored_plans_db(config) == str(path)
+    monkeypatch.setattr(DeviceKey, "current",
+                        classmethod(lambda cls, device_index=0: DeviceKey("Synthetic GPU", 132, "2.14.0", "3.6.0")))
+    with pytest.warns(SearchWarning, match="not planning from .*torch"):
+        assert auto.stored_plans_db(config) is None
