@@ -81,7 +81,11 @@ def run(args) -> int:
         _sync(device)
         warmup = time.perf_counter() - start
         start = time.perf_counter()
-        generated = sum(generate_batch(model, batch, device, compiled) for batch in batches)
+        generated = 0
+        for i, batch in enumerate(batches, 1):  # a line per batch: a run cut off by a time box shows how far it got
+            generated += generate_batch(model, batch, device, compiled)
+            print(f"batch {i}/{len(batches)} done at {time.perf_counter() - start:.1f} s "
+                  f"(warm-up took {warmup:.1f} s)", file=sys.stderr, flush=True)
         _sync(device)
         elapsed = time.perf_counter() - start
     wanted = sum(len(b) * max(r.output_len for r in b) for b in batches)
