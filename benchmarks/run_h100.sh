@@ -8,7 +8,7 @@
 #   bash benchmarks/run_h100.sh throughput peers plots
 #
 # Environment: MODEL (llama-3-8b), N (256 prompts), N_ABLATION (128), MNBT (1024 tokens per iteration),
-# WORKLOADS (the throughput step's: "1024x512 512x1024 splitwise-like lmsys-like sharegpt-like"), ABL_LENS (the
+# WORKLOADS (the throughput step's, served by one engine: "1024x512 512x1024 splitwise-like lmsys-like sharegpt-like"), ABL_LENS (the
 # ablations' input x output lengths, 1024x512), ABL_ONLY (ablations.py --only), PEERS (hf inductor torch_tensorrt vllm
 # sglang trtllm), HF_BATCH (64),
 # RESULTS (benchmarks/results/h100), EXTRA (more flags for our runs, e.g. --compile-options '{...}'),
@@ -35,15 +35,10 @@ run() {
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
-if has throughput; then
-  for w in ${WORKLOADS:-1024x512 512x1024 splitwise-like lmsys-like sharegpt-like}; do
-    if [[ $w == *x* ]]; then
-      run python benchmarks/throughput.py $OURS --input-len "${w%x*}" --output-len "${w#*x}" --num-prompts "$N" \
-        --output-json "$R/nanoflow_${w%x*}_${w#*x}.json"
-    else
-      run python benchmarks/throughput.py $OURS --dataset "$w" --num-prompts "$N" --output-json "$R/nanoflow_$w.json"
-    fi
-  done
+if has throughput; then  # one engine serves every workload in turn (compiled once)
+  # shellcheck disable=SC2086
+  run python benchmarks/throughput_set.py $OURS --num-prompts "$N" --output-dir "$R" \
+    --workloads ${WORKLOADS:-1024x512 512x1024 splitwise-like lmsys-like sharegpt-like}
 fi
 
 if has ablations; then

@@ -40,7 +40,7 @@ PACKED=("$STATUS")
 
 declare -A BOX=([gpu-tests]=240 [kernels]=150 [layer]=240 [e2e]=300 [gantt]=150 [search]=420 [throughput]=270
                 [ablations]=130 [peers]=100 [optimal]=30 [latency]=120 [plots]=15)
-declare -A CMD_BOX=([throughput]=90 [ablations]=130 [peers]=60 [optimal]=15 [latency]=120 [plots]=10)
+declare -A CMD_BOX=([throughput]=270 [ablations]=130 [peers]=60 [optimal]=15 [latency]=120 [plots]=10)
 declare -A FILES=(
   [gpu-tests]="log_gpu-tests.txt"
   [kernels]="log_kernels.txt kernels.json"

@@ -21,13 +21,24 @@ def run_throughput(
 ) -> dict:
     """One warm-up run, one timed run; returns the result dict (vLLM's keys first). The model and the peaks can be
     passed in so that ablations and peers load and measure once."""
+    return run_throughput_set(opts, [opts], loaded, peaks, compile_options, system)[0]
+
+
+def run_throughput_set(
+    opts: BenchOptions, workloads: list[BenchOptions], loaded: LoadedModel | None = None, peaks: Peaks | None = None,
+    compile_options: dict | None = None, system: str = "nanoflow",
+) -> list[dict]:
+    """Like `run_throughput` for each of `workloads` (options that differ from `opts` in the workload only), served
+    in turn by one engine built from `opts`: the engine compiles and warms up once. Give each workload its own seed,
+    or the prefix cache may serve one workload's prompts from another's (each result counts its prefix hits)."""
     device, dtype = opts.resolved_device(), opts.resolved_dtype()
     load_start = time.perf_counter()
     loaded = loaded or runner.load(opts)
     load_seconds = time.perf_counter() - load_start
-    workload = runner.build_workload(opts, loaded)
+    built = [runner.build_workload(w, loaded) for w in workloads]  # a bad workload fails before the engine is built
     peaks = peaks or measure_peaks(device, dtype, opts.tflops, opts.bandwidth)
     config = runner.engine_config(opts, compile_options)
+    runs = []
     # Fallbacks (backend missing, executor unavailable) arrive as warnings: keep them with the numbers.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -35,43 +46,51 @@ def run_throughput(
         engine = runner.build_engine(loaded, config)  # sizes the KV cache and compiles
         init_seconds = time.perf_counter() - init_start
         try:
-            warm = runner.warm_up(engine, opts, loaded)
-            if device.startswith("cuda"):
-                import torch
+            warm = runner.warm_up(engine, workloads[0], loaded)  # the first workload's shapes
+            for w, workload in zip(workloads, built):
+                if device.startswith("cuda"):
+                    import torch
 
-                torch.cuda.reset_peak_memory_stats(device)
-            with Telemetry(_cuda_index(device), enabled=opts.telemetry) as telemetry:
-                run = runner.run_offline(engine, workload, opts.ignore_eos, tag="bench")
-            facts = runner.engine_facts(engine, loaded, dtype)
+                    torch.cuda.reset_peak_memory_stats(device)
+                hits = engine.stats().get("prefix_cache_hit_tokens", 0)
+                with Telemetry(_cuda_index(device), enabled=opts.telemetry) as telemetry:
+                    run = runner.run_offline(engine, workload, w.ignore_eos, tag=f"bench{len(runs)}")
+                facts = runner.engine_facts(engine, loaded, dtype)
+                hits = facts["engine_stats"].get("prefix_cache_hit_tokens", 0) - hits
+                runs.append((w, workload, run, facts, hits, telemetry.summary(), peak_memory_bytes(device)))
         finally:
             del engine
             runner.release()
     messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     for m in messages:
         print(f"warning: {m}", file=sys.stderr)
-    result = vllm_throughput_result(run.elapsed, run.num_requests, run.prompt_tokens, run.output_tokens)
-    result.update(system=system, model=loaded.name, model_source=loaded.source, workload=workload.describe(),
-                  tensor_parallel_size=opts.tensor_parallel_size)
-    result["optimal"] = optimal_report(result, workload, loaded, peaks, config, dtype, opts.tensor_parallel_size)
-    result["timing"] = {"load_seconds": load_seconds, "engine_init_seconds": init_seconds,
-                        "compile_seconds": facts["engine_stats"].get("compile_seconds"), **warm, "steps": run.num_steps,
-                        "mean_step_seconds": run.elapsed / max(run.num_steps, 1)}
-    result["options"] = {
-        "dtype": str(dtype).removeprefix("torch."), "device": device, "compile": opts.compile,
-        "compile_options": compile_options if compile_options is not None else opts.compile_options,
-        "backend": opts.backend, "ignore_eos": opts.ignore_eos, "token_buckets": opts.token_buckets,
-        "tensor_parallel_size": opts.tensor_parallel_size,
-        "engine_config": _config_dict(config),
-    }
-    result.update(facts)
-    stats = facts["engine_stats"]
-    result["compiled_with"] = stats.get("compile_backend") or "eager"  # what really ran, after any fallback
-    result["compile_fallback"] = stats.get("compile_fallback")
-    result["warnings"] = messages
-    result["peak_memory"] = peak_memory_bytes(device)
-    result["telemetry"] = telemetry.summary()
-    result.update(environment(device))
-    return result
+    results = []
+    for i, (w, workload, run, facts, hits, telemetry, peak) in enumerate(runs):
+        result = vllm_throughput_result(run.elapsed, run.num_requests, run.prompt_tokens, run.output_tokens)
+        result.update(system=system, model=loaded.name, model_source=loaded.source, workload=workload.describe(),
+                      tensor_parallel_size=opts.tensor_parallel_size)
+        result["optimal"] = optimal_report(result, workload, loaded, peaks, config, dtype, opts.tensor_parallel_size)
+        result["timing"] = {"load_seconds": load_seconds, "engine_init_seconds": init_seconds,
+                            "compile_seconds": facts["engine_stats"].get("compile_seconds"), **warm,
+                            "steps": run.num_steps, "mean_step_seconds": run.elapsed / max(run.num_steps, 1),
+                            "prefix_cache_hit_tokens": hits, "workloads_served_before": i}
+        result["options"] = {
+            "dtype": str(dtype).removeprefix("torch."), "device": device, "compile": opts.compile,
+            "compile_options": compile_options if compile_options is not None else opts.compile_options,
+            "backend": opts.backend, "ignore_eos": w.ignore_eos, "token_buckets": opts.token_buckets,
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "engine_config": _config_dict(config),
+        }
+        result.update(facts)
+        stats = facts["engine_stats"]
+        result["compiled_with"] = stats.get("compile_backend") or "eager"  # what really ran, after any fallback
+        result["compile_fallback"] = stats.get("compile_fallback")
+        result["warnings"] = messages
+        result["peak_memory"] = peak
+        result["telemetry"] = telemetry
+        result.update(environment(device))
+        results.append(result)
+    return results
 
 
 def run_throughput_isolated(
