@@ -30,30 +30,15 @@ import torch
 from .attention import AttnMetadata
 from .config import EngineConfig
 from .distributed import get_tp
+from .engine_options import engine_options
 from .executors.base import CompiledSchedule, take_last_run
 from .executors.program import class_cuts
-from .ir import MEMORY, NanoflowWarning
+from .ir import MEMORY
 from .sampling import SampledTokens, to_device
 from .scheduler import ScheduledBatch
 from .tp_channel import min_over_ranks, open_channel
 
-# Measured on 2 x H200 (torch 2.11, benchmarks/results/h200x2/README.md): Llama-3-8B at TP=2 with nano-batched
-# collectives hung after its first call under CUDA graphs, while one nano-batch under graphs and the stream executor
-# without graphs ran. Until that is understood, a tensor-parallel engine on CUDA runs with overlap off unless asked.
-TP_OVERLAP_FALLBACK = ("tensor-parallel CUDA engines run with overlap off: nano-batched collectives hung under CUDA "
-                       "graphs on 2 x H200 (torch 2.11)")
 log = logging.getLogger(__name__)
-
-
-def tp_overlap_default(options: dict, device: torch.device, tp_size: int) -> str | None:
-    """Turn overlap off in `options` for a tensor-parallel CUDA engine that did not ask for it; says why (and warns),
-    or None where nothing changed."""
-    if device.type != "cuda" or tp_size < 2 or "overlap" in options:
-        return None
-    options["overlap"] = False
-    warnings.warn(f"nanoflow: {TP_OVERLAP_FALLBACK}; pass compile option overlap=true to try it", NanoflowWarning,
-                  stacklevel=5)
-    return TP_OVERLAP_FALLBACK
 
 _CPU_KV_CAP_BYTES = 1 << 30  # plenty for CPU serving (SmolLM2-135M: ~23k tokens), and quick to allocate
 _CPU_KV_RAM_SHARE = 0.25
@@ -253,19 +238,9 @@ class ModelRunner:
             warnings.warn(f"{self.compile_fallback}; running the model eagerly", stacklevel=4)
             return self.model
         options = dict(self.config.compile_options or {})
-        if name == "nanoflow":  # the flat batch's per-token inputs: the passes split along their dim 0
-            options.setdefault("token_inputs", ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"])
-            if self.buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
-                options.setdefault("token_buckets", [b for b in self.buckets if b >= 2])
-            if self.device.type == "cuda":  # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B
-                options.setdefault("min_overlap_tokens", 512)  # on an H100): such steps are memory-bound throughout
-            self.overlap_fallback = tp_overlap_default(options, self.device, get_tp().size)
-            if self.device.type == "cuda" and get_tp().size == 1 and "plan" not in options:
-                from ..search.auto import stored_plans_db
-
-                self.profile_db = stored_plans_db(self.model.config)
-                if self.profile_db is not None:  # `nanoflow search` measured this GPU: its plans beat the default
-                    options.update(plan="auto", profile_db=self.profile_db)
+        if name == "nanoflow":
+            chosen = engine_options(options, self.device, self.buckets, get_tp().size, self.model.config)
+            options, self.overlap_fallback, self.profile_db = chosen.options, chosen.overlap_fallback, chosen.profile_db
         kwargs = {"options": options} if options else {}
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).

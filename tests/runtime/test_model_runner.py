@@ -171,16 +171,3 @@ def test_engine_aligns_requests_to_the_attention_nano_batches_and_keeps_the_eage
     aligned = [rows for rows, cuts in seen if any(c < sum(rows) for c in cuts[1:-1]) and not _straddles(rows, cuts[1:-1])]
     assert len(aligned) >= 3
 
-
-def test_tensor_parallel_cuda_engines_fall_back_to_overlap_off_and_say_so():
-    from nanoflow_compiler.runtime.ir import NanoflowWarning
-    from nanoflow_compiler.runtime.model_runner import TP_OVERLAP_FALLBACK, tp_overlap_default
-
-    options: dict = {}
-    with pytest.warns(NanoflowWarning, match="nano-batched collectives hung under CUDA graphs"):
-        assert tp_overlap_default(options, torch.device("cuda"), 2) == TP_OVERLAP_FALLBACK
-    assert options == {"overlap": False}
-    for opts, device, tp in (({}, torch.device("cpu"), 2), ({}, torch.device("cuda"), 1),
-                             ({"overlap": True}, torch.device("cuda"), 2)):
-        before = dict(opts)
-        assert tp_overlap_default(opts, device, tp) is None and opts == before  # CPU, one GPU, or asked for

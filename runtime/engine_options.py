@@ -1,0 +1,63 @@
+"""The `nanoflow` compile options an engine adds to the user's: which inputs carry tokens, the token buckets, and
+the plan: the one `nanoflow search` stored for this GPU where there is one, else the backend's fixed default
+(overlap from 512 tokens on CUDA; overlap off for tensor-parallel CUDA engines, see TP_OVERLAP_FALLBACK). Options
+the user gave always stand."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .ir import NanoflowWarning
+
+# The flat batch's per-token inputs: the passes split along their dim 0.
+TOKEN_INPUTS = ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"]
+# GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B on an H100): such steps are memory-bound
+# throughout, and nano-batches would only add launches.
+CUDA_MIN_OVERLAP_TOKENS = 512
+# Measured on 2 x H200 (torch 2.11, benchmarks/results/h200x2/README.md): Llama-3-8B at TP=2 with nano-batched
+# collectives hung after its first call under CUDA graphs, while one nano-batch under graphs and the stream executor
+# without graphs ran. Until that is understood, a tensor-parallel engine on CUDA runs with overlap off unless asked.
+TP_OVERLAP_FALLBACK = ("tensor-parallel CUDA engines run with overlap off: nano-batched collectives hung under CUDA "
+                       "graphs on 2 x H200 (torch 2.11)")
+
+
+@dataclass
+class EngineOptions:
+    """The options to compile with, and what the engine reports about how they were chosen."""
+
+    options: dict
+    overlap_fallback: str | None = None  # why the engine runs with overlap off where it would be on
+    profile_db: str | None = None  # the database of searched plans the options come from
+
+
+def engine_options(given: dict | None, device: torch.device, buckets: list[int], tp_size: int,
+                   model_config) -> EngineOptions:
+    options = dict(given or {})
+    options.setdefault("token_inputs", TOKEN_INPUTS)
+    if buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
+        options.setdefault("token_buckets", [b for b in buckets if b >= 2])
+    if device.type != "cuda":
+        return EngineOptions(options)
+    options.setdefault("min_overlap_tokens", CUDA_MIN_OVERLAP_TOKENS)
+    result = EngineOptions(options, overlap_fallback=tp_overlap_default(options, device, tp_size))
+    if tp_size == 1 and "plan" not in options:
+        from ..search.auto import stored_plans_db
+
+        result.profile_db = stored_plans_db(model_config)
+        if result.profile_db is not None:  # `nanoflow search` measured this GPU: its plans beat the default
+            options.update(plan="auto", profile_db=result.profile_db)
+    return result
+
+
+def tp_overlap_default(options: dict, device: torch.device, tp_size: int) -> str | None:
+    """Turn overlap off in `options` for a tensor-parallel CUDA engine that did not ask for it; says why (and warns),
+    or None where nothing changed."""
+    if device.type != "cuda" or tp_size < 2 or "overlap" in options:
+        return None
+    options["overlap"] = False
+    warnings.warn(f"nanoflow: {TP_OVERLAP_FALLBACK}; pass compile option overlap=true to try it", NanoflowWarning,
+                  stacklevel=6)
+    return TP_OVERLAP_FALLBACK
