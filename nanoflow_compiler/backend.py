@@ -103,7 +103,7 @@ def make_context(aten: fx.GraphModule, inputs: list[InputInfo], fakes: list, exa
     _find_tokens(ctx, fakes, example_inputs)
     if torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in example_inputs):
         ctx.note("nanoflow: this is an inference backend: its outputs carry no autograd graph")
-    if options.plan == "auto":
+    if options.plan == "auto" or _use_stored_plans(ctx, fakes):
         _auto_plan(ctx, fakes)
     return ctx
 
@@ -191,14 +191,36 @@ def _same_size(a: Any, b: Any) -> bool:
     return b is not None and to_expr(a, {}) == to_expr(b, {})
 
 
+def _parameter_shapes(ctx: PassContext, fakes: list) -> tuple[dict[str, tuple[int, ...]], int]:
+    """The static shapes of the graph's parameters and buffers by name, and their floating-point element size."""
+    state = {i.name: f for i, f in zip(ctx.inputs, fakes) if i.kind in ("parameter", "buffer")}
+    shapes = {n: tuple(int(s) for s in f.shape) for n, f in state.items() if all(isinstance(s, int) for s in f.shape)}
+    return shapes, next((f.dtype.itemsize for f in state.values() if f.dtype.is_floating_point), 2)
+
+
+def _use_stored_plans(ctx: PassContext, fakes: list) -> bool:
+    """No plan asked for, on CUDA, and `nanoflow search` stored plans for this layer shape on this GPU: plan with
+    them (plan='auto' on that database) rather than the fixed default split, as the search measured it better."""
+    if "plan" in ctx.options.given or ctx.device.type != "cuda":
+        return False
+    from .search.auto import stored_plans_db
+    from .search.layer_graph import shapes_from_parameters
+
+    config = shapes_from_parameters(_parameter_shapes(ctx, fakes)[0])
+    db = stored_plans_db(config) if config is not None else None
+    if db is None:
+        return False
+    given = {k: getattr(ctx.options, k) for k in ctx.options.given}
+    ctx.options = CompileOptions.from_dict({**given, "plan": "auto", "profile_db": db})
+    return True
+
+
 def _auto_plan(ctx: PassContext, fakes: list) -> None:
     """plan='auto': the search's plan for this graph's layer shapes (stored or searched from the profile database,
     else from its analytical model); it decides nano_batches, split, sm_plan, overlap and token_buckets."""
     from .search.auto import auto_options
 
-    state = {i.name: f for i, f in zip(ctx.inputs, fakes) if i.kind in ("parameter", "buffer")}
-    shapes = {n: tuple(int(s) for s in f.shape) for n, f in state.items() if all(isinstance(s, int) for s in f.shape)}
-    dtype_bytes = next((f.dtype.itemsize for f in state.values() if f.dtype.is_floating_point), 2)
+    shapes, dtype_bytes = _parameter_shapes(ctx, fakes)
     planned, notes, ctx.plan_source = auto_options(shapes, list(ctx.buckets), ctx.options.profile_db, dtype_bytes)
     for note in notes:
         ctx.note(f"nanoflow: {note}")

@@ -1,7 +1,6 @@
-"""The `nanoflow` compile options an engine adds to the user's: which inputs carry tokens, the token buckets, and
-the plan: the one `nanoflow search` stored for this GPU where there is one, else the backend's fixed default
-(overlap from 512 tokens on CUDA; overlap off for tensor-parallel CUDA engines, see TP_OVERLAP_FALLBACK). Options
-the user gave always stand."""
+"""The `nanoflow` compile options an engine adds to the user's: which inputs carry tokens, the token buckets, overlap
+from 512 tokens on CUDA, overlap off for tensor-parallel CUDA engines (TP_OVERLAP_FALLBACK). Options the user gave
+always stand; the plan itself is the backend's (the searched one where `nanoflow search` stored one for this GPU)."""
 
 from __future__ import annotations
 
@@ -26,15 +25,13 @@ TP_OVERLAP_FALLBACK = ("tensor-parallel CUDA engines run with overlap off: nano-
 
 @dataclass
 class EngineOptions:
-    """The options to compile with, and what the engine reports about how they were chosen."""
+    """The options to compile with, and why overlap is off where the engine turned it off."""
 
     options: dict
-    overlap_fallback: str | None = None  # why the engine runs with overlap off where it would be on
-    profile_db: str | None = None  # the database of searched plans the options come from
+    overlap_fallback: str | None = None
 
 
-def engine_options(given: dict | None, device: torch.device, buckets: list[int], tp_size: int,
-                   model_config) -> EngineOptions:
+def engine_options(given: dict | None, device: torch.device, buckets: list[int], tp_size: int) -> EngineOptions:
     options = dict(given or {})
     options.setdefault("token_inputs", TOKEN_INPUTS)
     if buckets:  # one schedule (and one CUDA graph) per bucket the iterations are padded to
@@ -42,14 +39,7 @@ def engine_options(given: dict | None, device: torch.device, buckets: list[int],
     if device.type != "cuda":
         return EngineOptions(options)
     options.setdefault("min_overlap_tokens", CUDA_MIN_OVERLAP_TOKENS)
-    result = EngineOptions(options, overlap_fallback=tp_overlap_default(options, device, tp_size))
-    if tp_size == 1 and "plan" not in options:
-        from ..search.auto import stored_plans_db
-
-        result.profile_db = stored_plans_db(model_config)
-        if result.profile_db is not None:  # `nanoflow search` measured this GPU: its plans beat the default
-            options.update(plan="auto", profile_db=result.profile_db)
-    return result
+    return EngineOptions(options, overlap_fallback=tp_overlap_default(options, device, tp_size))
 
 
 def tp_overlap_default(options: dict, device: torch.device, tp_size: int) -> str | None:

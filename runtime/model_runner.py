@@ -239,8 +239,8 @@ class ModelRunner:
             return self.model
         options = dict(self.config.compile_options or {})
         if name == "nanoflow":
-            chosen = engine_options(options, self.device, self.buckets, get_tp().size, self.model.config)
-            options, self.overlap_fallback, self.profile_db = chosen.options, chosen.overlap_fallback, chosen.profile_db
+            chosen = engine_options(options, self.device, self.buckets, get_tp().size)
+            options, self.overlap_fallback = chosen.options, chosen.overlap_fallback
         kwargs = {"options": options} if options else {}
         # dynamic=True without per-tensor marks: Dynamo's duck sizing then gives every per-token tensor the one
         # symbol T (marking each dim would give each its own symbol, and the passes could not tell they agree).
@@ -256,6 +256,8 @@ class ModelRunner:
         # Which schedule served the call: Dynamo may reuse a graph compiled for another model of the same shapes,
         # so nothing new need be compiled here. None: no nanoflow schedule ran (another backend, or a fallback).
         self._served = take_last_run()
+        if self._served is not None:  # the backend plans from `nanoflow search`'s database where it has one
+            self.profile_db = self._served.ir.provenance.options.get("profile_db")
         if self.buckets and self.device.type == "cuda":
             self._capture_buckets(compiled)
             self.compile_seconds = time.perf_counter() - start

@@ -59,3 +59,35 @@ def test_auto_uses_the_stored_plan(tiny_model, tmp_path):
     assert not [w for w in caught if "analytical" in str(w.message)]
     assert ctx.plan_source == "profile"
     assert ctx.options.sm_plan == {"COMPUTE": 96, "MEMORY": 32} and ctx.options.sizes(64, "MEMORY") == [16] * 4
+
+
+def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
+    """The backend's default on CUDA: where `nanoflow search` stored plans for the layer shape, plan='auto' on that
+    database; a plan the user named, a CPU graph, or no stored plan keep the options as given."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nanoflow_compiler import backend
+    from nanoflow_compiler.options import CompileOptions
+    from nanoflow_compiler.search import auto
+
+    shapes = {"layers.0.self_attn.qkv_proj.weight": (384, 128), "layers.0.mlp.gate_up_proj.weight": (512, 128),
+              "layers.0.mlp.down_proj.weight": (128, 256), "layers.0.self_attn.k_cache": (8, 16, 2, 32)}
+    monkeypatch.setattr(backend, "_parameter_shapes", lambda ctx, fakes: (shapes, 2))
+    seen = []
+    monkeypatch.setattr(auto, "stored_plans_db", lambda config: seen.append(config) or "/cache/gpu.json")
+
+    def ctx(options: dict, device: str) -> SimpleNamespace:
+        return SimpleNamespace(options=CompileOptions.from_dict({"device_sms": 132, **options}),
+                               device=torch.device(device))
+
+    cuda = ctx({"nano_batches": 3}, "cuda")
+    assert backend._use_stored_plans(cuda, [])
+    assert cuda.options.plan == "auto" and cuda.options.profile_db == "/cache/gpu.json"
+    assert cuda.options.nano_batches == 3 and seen[0].num_key_value_heads == 2 and seen[0].head_dim == 32
+    for kept in (ctx({"plan": None}, "cuda"), ctx({}, "cpu")):
+        assert not backend._use_stored_plans(kept, []) and kept.options.plan is None
+    monkeypatch.setattr(auto, "stored_plans_db", lambda config: None)
+    none = ctx({}, "cuda")
+    assert not backend._use_stored_plans(none, []) and none.options.plan is None
