@@ -6,7 +6,8 @@
 #            the serving engine itself over two ranks
 #   probe    one tp_overlap.py run per compile-option set in PROBE_VARIANTS (compact JSON, space-separated), overlap
 #            on only, each boxed by T_probe (75 s): which configuration hangs under CUDA-graph replay (session 3:
-#            nano-batched collectives did, one nano-batch and the stream executor did not)
+#            nano-batched collectives did, one nano-batch and the stream executor did not); PROBE_ARGS (default
+#            --num-layers 4: Llama-3-8B layers, quick to compile) are appended
 # Logs and JSON go to $RESULTS (benchmarks/results/h100x2); after every step they are packed into $OUT/tp_h100x2.tgz
 # (the device returns at most 8 files), so a call that ends early still returns what finished. Unpack at the repo root.
 #
@@ -94,8 +95,9 @@ for step in $STEPS; do
       for opts in $PROBE_VARIANTS; do
         i=$((i + 1))
         json=$R/tp_probe_$i.json
+        # shellcheck disable=SC2086
         run_step "probe$i" "$json" "$PY" benchmarks/tp_overlap.py --model llama-3-8b --tp 2 --device cuda --skip-greedy \
-          --iters 5 --warmup 2 --overlap-off null --overlap-on "$opts" --output "$json"
+          --iters 5 --warmup 2 --overlap-off null --overlap-on "$opts" --output "$json" ${PROBE_ARGS:---num-layers 4}
       done ;;
     *) note "unknown step $step (steps: overlap bench probe)" ;;
   esac
