@@ -13,7 +13,7 @@ from nanoflow_compiler.search.profile_db import DeviceKey, ProfileDB
 from nanoflow_compiler.search.search import Plan, plan_key
 
 
-def _passes(model, options):
+def _passes(model, options, device: str = "cpu"):
     """The PassContext after `emit` for the model's Dynamo graph (a backend that keeps it and runs eagerly)."""
     seen = {}
 
@@ -23,10 +23,11 @@ def _passes(model, options):
 
     t = 64
     meta = AttnMetadata(torch.arange(t), torch.zeros(t, dtype=torch.int32), torch.arange(4, dtype=torch.int32)[None],
-                        torch.tensor([t - 1]))
+                        torch.tensor([t - 1])).to(device)
     torch._dynamo.reset()
     with torch.no_grad():
-        torch.compile(model, backend=keep, fullgraph=True)(torch.randint(0, 256, (t,)), torch.arange(t), meta)
+        torch.compile(model, backend=keep, fullgraph=True)(torch.randint(0, 256, (t,), device=device),
+                                                           torch.arange(t, device=device), meta)
     return seen["ctx"]
 
 
