@@ -198,10 +198,15 @@ def _parameter_shapes(ctx: PassContext, fakes: list) -> tuple[dict[str, tuple[in
     return shapes, next((f.dtype.itemsize for f in state.values() if f.dtype.is_floating_point), 2)
 
 
+# Options that choose the plan themselves: given any of them, the stored plans stay out (plan='auto' would replace
+# them, e.g. an ablation's overlap=False).
+_PLAN_OPTIONS = frozenset({"plan", "schedule", "overlap", "nano_batches", "split", "sm_plan"})
+
+
 def _use_stored_plans(ctx: PassContext, fakes: list) -> bool:
     """No plan asked for, on CUDA, and `nanoflow search` stored plans for this layer shape on this GPU: plan with
     them (plan='auto' on that database) rather than the fixed default split, as the search measured it better."""
-    if "plan" in ctx.options.given or ctx.device.type != "cuda":
+    if ctx.options.given & _PLAN_OPTIONS or ctx.device.type != "cuda":
         return False
     from .search.auto import stored_plans_db
     from .search.layer_graph import shapes_from_parameters

@@ -64,7 +64,8 @@ def test_auto_uses_the_stored_plan(tiny_model, tmp_path):
 
 def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
     """The backend's default on CUDA: where `nanoflow search` stored plans for the layer shape, plan='auto' on that
-    database; a plan the user named, a CPU graph, or no stored plan keep the options as given."""
+    database; options that choose a plan (overlap=False included), a CPU graph, or no stored plan keep the options
+    as given."""
     from types import SimpleNamespace
 
     import torch
@@ -83,11 +84,13 @@ def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
         return SimpleNamespace(options=CompileOptions.from_dict({"device_sms": 132, **options}),
                                device=torch.device(device))
 
-    cuda = ctx({"nano_batches": 3}, "cuda")
+    cuda = ctx({"min_overlap_tokens": 512, "executor": "graph"}, "cuda")
     assert backend._use_stored_plans(cuda, [])
     assert cuda.options.plan == "auto" and cuda.options.profile_db == "/cache/gpu.json"
-    assert cuda.options.nano_batches == 3 and seen[0].num_key_value_heads == 2 and seen[0].head_dim == 32
-    for kept in (ctx({"plan": None}, "cuda"), ctx({}, "cpu")):
+    assert cuda.options.min_overlap_tokens == 512 and cuda.options.executor == "graph"
+    assert seen[0].num_key_value_heads == 2 and seen[0].head_dim == 32
+    for kept in (ctx({"plan": None}, "cuda"), ctx({"overlap": False}, "cuda"), ctx({"nano_batches": 3}, "cuda"),
+                 ctx({}, "cpu")):
         assert not backend._use_stored_plans(kept, []) and kept.options.plan is None
     monkeypatch.setattr(auto, "stored_plans_db", lambda config: None)
     none = ctx({}, "cuda")
