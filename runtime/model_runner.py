@@ -200,12 +200,13 @@ class ModelRunner:
 
     def _cuda_kv_budget(self) -> int:
         """What `kv_cache_memory_fraction` of the GPU leaves after weights, a full iteration's activations and
-        memory held outside torch (measured with one dummy iteration, as vLLM does). Garbage is collected first: an
-        engine dropped before this one may still hold its cache and graphs in reference cycles."""
-        gc.collect()
+        memory held outside torch (measured with one dummy iteration, as vLLM does). The model lets go of any cache
+        an earlier engine left on it before the peak is reset: the peak would otherwise count that cache, and every
+        second engine of a process got a cache of a few blocks (measured on an H200)."""
+        self.model.allocate_kv_cache(1, self.block_size, self.dtype, self.device)
+        gc.collect()  # an engine dropped before this one may still hold its graphs in reference cycles
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        self.model.allocate_kv_cache(1, self.block_size, self.dtype, self.device)
         self._dummy_run(self.model, self.config.max_num_batched_tokens)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)

@@ -96,8 +96,8 @@ def run_throughput_set(
 def run_throughput_isolated(
     opts: BenchOptions, peaks: Peaks, compile_options: dict | None = None, system: str = "nanoflow",
 ) -> dict:
-    """`run_throughput` in a fresh process that loads its own model: the next run starts on an empty GPU. (In one
-    process, an engine dropped on CUDA kept its KV cache alive, so the next one got a cache of a few blocks.)"""
+    """`run_throughput` in a fresh process that loads its own model: each run starts on an empty GPU, with no CUDA
+    graph pools, compiled kernels or allocator state left by another setting."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

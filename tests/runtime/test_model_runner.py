@@ -171,3 +171,47 @@ def test_engine_aligns_requests_to_the_attention_nano_batches_and_keeps_the_eage
     aligned = [rows for rows, cuts in seen if any(c < sum(rows) for c in cuts[1:-1]) and not _straddles(rows, cuts[1:-1])]
     assert len(aligned) >= 3
 
+
+
+class _FakeCudaMemory:
+    """The caching allocator's counters as the KV budget reads them: live bytes, a resettable peak, total memory."""
+
+    def __init__(self, weights: int, total: int):
+        self.live, self.peak, self.total = weights, weights, total
+
+    def hold(self, delta: int) -> None:
+        self.live += delta
+        self.peak = max(self.peak, self.live)
+
+
+def test_the_kv_budget_ignores_a_cache_an_earlier_engine_left_on_the_model(monkeypatch):
+    """The second engine of a process (LLM twice, a benchmark's settings) used to reset the memory peak while the
+    model still held the first engine's cache, and got a cache of a few blocks (on an H200: 69 blocks after 56,332)."""
+    from types import SimpleNamespace
+
+    mem = _FakeCudaMemory(weights=16 << 30, total=140 << 30)
+    for name, fn in {"empty_cache": lambda: None, "synchronize": lambda device=None: None,
+                     "reset_peak_memory_stats": lambda device=None: setattr(mem, "peak", mem.live),
+                     "max_memory_allocated": lambda device=None: mem.peak,
+                     "mem_get_info": lambda device=None: (mem.total - mem.live, mem.total),
+                     "memory_reserved": lambda device=None: mem.live}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+
+    class Model:
+        block_bytes, blocks = 1 << 20, 0
+
+        def allocate_kv_cache(self, num_blocks, block_size, dtype, device):
+            mem.hold((num_blocks - self.blocks) * self.block_bytes)
+            self.blocks = num_blocks
+
+    def budget(left_blocks: int) -> int:
+        model = Model()
+        model.allocate_kv_cache(left_blocks, 16, None, None)  # what the previous engine left on the model
+        runner = SimpleNamespace(model=model, block_size=16, dtype=None, device="cuda",
+                                 config=EngineConfig(max_num_batched_tokens=8, kv_cache_memory_fraction=0.9),
+                                 _dummy_run=lambda forward, tokens: (mem.hold(1 << 30), mem.hold(-(1 << 30))))
+        return ModelRunner._cuda_kv_budget(runner)
+
+    fresh = budget(0)
+    assert fresh == int(0.9 * (140 << 30)) - (16 << 30) - (1 << 20) - (1 << 30)  # weights, one block, activations
+    assert budget(100_000) == fresh  # ~98 GiB of an earlier cache on the model change nothing
