@@ -11,13 +11,7 @@ from nanoflow_compiler.models import preset_config, random_model
 from nanoflow_compiler.runtime.engine import EngineConfig, LLMEngine
 from nanoflow_compiler.runtime.sampling import SamplingParams
 
-from nanoflow_compiler import backend
-
 pytestmark = pytest.mark.gpu
-try:  # an import-path checkout has no entry point: register the backend by hand
-    torch._dynamo.backends.registry.lookup_backend("nanoflow")
-except Exception:  # noqa: BLE001
-    torch._dynamo.backends.registry.register_backend(backend.nanoflow, "nanoflow")
 
 OPTIONS = {"executor": "graph", "nano_batches": {"COMPUTE": 2, "MEMORY": 2}, "min_overlap_tokens": 1}
 

@@ -14,14 +14,9 @@ from nanoflow_compiler.models import preset_config, random_model
 from nanoflow_compiler.runtime.engine import EngineConfig, LLMEngine
 from nanoflow_compiler.runtime.sampling import SamplingParams
 
-from nanoflow_compiler import backend
 from nanoflow_compiler.bench import runner
 
 pytestmark = pytest.mark.gpu
-try:  # an import-path checkout has no entry point: register the backend by hand
-    torch._dynamo.backends.registry.lookup_backend("nanoflow")
-except Exception:  # noqa: BLE001
-    torch._dynamo.backends.registry.register_backend(backend.nanoflow, "nanoflow")
 
 
 def _serve(model) -> tuple[int, weakref.ref]:

@@ -11,10 +11,6 @@ from nanoflow_compiler import backend
 from nanoflow_compiler.models import preset_config, random_model
 
 pytestmark = pytest.mark.gpu
-try:  # an import-path checkout has no entry point: register the backend by hand
-    torch._dynamo.backends.registry.lookup_backend("nanoflow")
-except Exception:  # noqa: BLE001
-    torch._dynamo.backends.registry.register_backend(backend.nanoflow, "nanoflow")
 
 BLOCK = 16
 OPTIONS = {"nano_batches": {"COMPUTE": 2, "MEMORY": 3}}  # default SM plan: 96 COMPUTE / 36 MEMORY on 132 SMs

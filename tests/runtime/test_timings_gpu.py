@@ -13,10 +13,6 @@ from nanoflow_compiler.models import preset_config, random_model
 from nanoflow_compiler.runtime.executors.timings import step_timings
 
 pytestmark = pytest.mark.gpu
-try:  # an import-path checkout has no entry point: register the backend by hand
-    torch._dynamo.backends.registry.lookup_backend("nanoflow")
-except Exception:  # noqa: BLE001
-    torch._dynamo.backends.registry.register_backend(backend.nanoflow, "nanoflow")
 
 BLOCK = 16
 
