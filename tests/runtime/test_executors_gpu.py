@@ -37,6 +37,15 @@ def batches(vocab: int):
     return [(a_ids, pos, meta), (b_ids, b_pos, b_meta), (other, pos, meta)], max(blocks, b_blocks)
 
 
+def prepared(name: str):
+    """The model, its batches and the cache contents every executor starts from (seeded: the same in every test)."""
+    torch.manual_seed(0)
+    model = model_for(name)
+    inputs, blocks = batches(model.config.vocab_size)
+    fill_caches(model, blocks + 4, BLOCK, torch.bfloat16, "cuda")
+    return model, inputs, [c.clone() for c in caches(model)]
+
+
 def run_executor(model, executor: str, inputs, initial, options=OPTIONS):
     """Compile with `executor`, then per batch: restore the caches, run, keep logits and the written KV slots."""
     torch._dynamo.reset()
@@ -59,11 +68,7 @@ def run_executor(model, executor: str, inputs, initial, options=OPTIONS):
 
 @pytest.mark.parametrize("name", ["tiny", "llama-3-8b-2-layers"])
 def test_stream_and_graph_executors_equal_the_sequential_one(name):
-    torch.manual_seed(0)
-    model = model_for(name)
-    inputs, blocks = batches(model.config.vocab_size)
-    fill_caches(model, blocks + 4, BLOCK, torch.bfloat16, "cuda")
-    initial = [c.clone() for c in caches(model)]
+    model, inputs, initial = prepared(name)
     reference, _ = run_executor(model, "sequential", inputs, initial)
     streamed, stream_exec = run_executor(model, "stream", inputs, initial)
     graphed, graph_exec = run_executor(model, "graph", inputs, initial)

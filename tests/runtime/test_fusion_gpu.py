@@ -6,20 +6,14 @@ to end 1.17x (46.8 vs 54.7 ms per 1024-token step on an H200)."""
 from __future__ import annotations
 
 import pytest
-import torch
-from executor_batches import caches, fill_caches
-from test_executors_gpu import BLOCK, OPTIONS, batches, model_for, rel_err, run_executor
+from test_executors_gpu import OPTIONS, prepared, rel_err, run_executor
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("name", ["tiny", "llama-3-8b-2-layers"])
 def test_fused_executors_equal_the_unfused_sequential_one(name):
-    torch.manual_seed(0)
-    model = model_for(name)
-    inputs, blocks = batches(model.config.vocab_size)
-    fill_caches(model, blocks + 4, BLOCK, torch.bfloat16, "cuda")
-    initial = [c.clone() for c in caches(model)]
+    model, inputs, initial = prepared(name)
     reference, _ = run_executor(model, "sequential", inputs, initial, {**OPTIONS, "fuse_light": False})
     results, statuses = {}, {}
     for executor in ("sequential", "stream", "graph"):
