@@ -98,6 +98,34 @@ def _owns(req_ptr, t, T, PREFILL: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(s, v, m_i, l_i, acc):
+    """One tile of the online softmax (base 2): `s` the tile's masked scores, `v` its values."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _store_split(acc, m_i, l_i, idx, part_o_ptr, part_lse_ptr, d, store_ok, D: tl.constexpr):
+    """A KV split's normalised partial output and its log-sum-exp, at row `idx` of the buffers `_merge_kernel` reads
+    (an empty split stores -inf, which the merge weighs as nothing)."""
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    lse = tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf"))
+    tl.store(part_lse_ptr + idx, lse, mask=store_ok)
+    tl.store(part_o_ptr + idx[:, None] * D + d[None, :], acc / safe_l[:, None], mask=store_ok[:, None])
+
+
+@triton.jit
+def _store_out(acc, l_i, dst, out_ptr, store_ok):
+    """The normalised output, in the output's dtype, at the pointers `dst`."""
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    tl.store(dst, (acc / safe_l[:, None]).to(out_ptr.dtype.element_ty), mask=store_ok[:, None])
+
+
+@triton.jit
 def paged_attn_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, req_ptr, pos_ptr, out_ptr, part_o_ptr, part_lse_ptr,
     T, G, Hkv, num_splits, min_tiles, qk_scale,
@@ -171,23 +199,12 @@ def paged_attn_kernel(
             v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where(j[None, :] <= r_pos[:, None], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
-    safe_l = tl.where(l_i > 0, l_i, 1.0)
-    o = acc / safe_l[:, None]
     if SPLIT:
-        lse = tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf"))
-        idx = (split * T + tok) * (Hkv * G) + head
-        tl.store(part_lse_ptr + idx, lse, mask=store_ok)
-        tl.store(part_o_ptr + idx[:, None] * D + d[None, :], o, mask=store_ok[:, None])
+        _store_split(acc, m_i, l_i, (split * T + tok) * (Hkv * G) + head, part_o_ptr, part_lse_ptr, d, store_ok, D)
     else:
-        dst = out_ptr + tok[:, None] * s_ot + head[:, None] * s_oh + d[None, :]
-        tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=store_ok[:, None])
+        _store_out(acc, l_i, out_ptr + tok[:, None] * s_ot + head[:, None] * s_oh + d[None, :], out_ptr, store_ok)
 
 
 @triton.jit

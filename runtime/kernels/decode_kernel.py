@@ -25,7 +25,16 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .attention_kernel import CHUNK_TOKENS, LOG2E, MAX_SPLITS, _merge_kernel, _owns
+from .attention_kernel import (
+    CHUNK_TOKENS,
+    LOG2E,
+    MAX_SPLITS,
+    _merge_kernel,
+    _owns,
+    _softmax_step,
+    _store_out,
+    _store_split,
+)
 
 
 @dataclass(frozen=True)
@@ -192,19 +201,9 @@ def _attend(
                     v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
                 s = tl.dot(q, tl.trans(k)) * qk_scale
                 s = tl.where(same_head & j_ok[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
-        safe_l = tl.where(l_i > 0, l_i, 1.0)
-        o = acc / safe_l[:, None]
+                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
         if SPLIT:
-            lse = tl.where(l_i > 0, m_i + tl.log2(safe_l), float("-inf"))
-            idx = (split * T + t) * (groups * HPB * G) + head
-            tl.store(part_lse_ptr + idx, lse, mask=store_ok)
-            tl.store(part_o_ptr + idx[:, None] * D + d[None, :], o, mask=store_ok[:, None])
+            _store_split(acc, m_i, l_i, (split * T + t) * (groups * HPB * G) + head, part_o_ptr, part_lse_ptr, d,
+                         store_ok, D)
         else:
-            dst = out_ptr + t * s_ot + head[:, None] * s_oh + d[None, :]
-            tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=store_ok[:, None])
+            _store_out(acc, l_i, out_ptr + t * s_ot + head[:, None] * s_oh + d[None, :], out_ptr, store_ok)
