@@ -70,7 +70,6 @@ class ModelRunner:
         self.compile_backend: str | None = None
         self.compile_fallback: str | None = None
         self.overlap_fallback: str | None = None  # why the engine runs with overlap off where it would be on
-        self.profile_db: str | None = None  # the searched plans the engine compiled with, if any
         self.compile_seconds = 0.0
         self.min_dim = 1
         self._served: CompiledSchedule | None = None  # the nanoflow schedule that runs the compiled model
@@ -90,6 +89,12 @@ class ModelRunner:
         """What the nanoflow executor of this runner's compiled model reports (graph captures, replays, SM
         partitions); empty when the model is eager or compiled by another backend."""
         return [] if self._served is None else [self._served.status()]
+
+    @property
+    def profile_db(self) -> str | None:
+        """The database of searched plans the compiled schedule was planned from (the backend takes this GPU's where
+        `nanoflow search` stored one), if any."""
+        return None if self._served is None else self._served.ir.provenance.options.get("profile_db")
 
     def attention_cuts(self, num_tokens: int) -> list[int] | None:
         """Where the attention (MEMORY) nano-batches of an iteration of `num_tokens` scheduled tokens begin and end,
@@ -257,8 +262,6 @@ class ModelRunner:
         # Which schedule served the call: Dynamo may reuse a graph compiled for another model of the same shapes,
         # so nothing new need be compiled here. None: no nanoflow schedule ran (another backend, or a fallback).
         self._served = take_last_run()
-        if self._served is not None:  # the backend plans from `nanoflow search`'s database where it has one
-            self.profile_db = self._served.ir.provenance.options.get("profile_db")
         if self.buckets and self.device.type == "cuda":
             self._capture_buckets(compiled)
             self.compile_seconds = time.perf_counter() - start
