@@ -132,6 +132,8 @@ def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], p
     layer = decoder_layer_graph(config, context_len, dtype_bytes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SearchWarning)
+        if profile_db is not None and os.path.exists(profile_db):  # read once for every bucket
+            profile_db = ProfileDB.load(profile_db, expect=_device()[2])
         plans = {b: load_plan_for(config, b, profile_db, context_len, layer) for b in buckets}
     notes = []
     for w in caught:
