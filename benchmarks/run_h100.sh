@@ -33,7 +33,8 @@ run() {
   timeout --foreground -k 10 "${CMD_TIMEOUT:-0}" "$@" || echo "exit $?: $*" | tee -a "$R/failures.txt"
 }
 
-has() { [[ " $STEPS " == *" $1 "* ]]; }
+member() { [[ " $2 " == *" $1 "* ]]; }  # member WORD LIST
+has() { member "$1" "$STEPS"; }
 
 if has throughput; then  # one engine serves every workload in turn (compiled once)
   # shellcheck disable=SC2086
@@ -49,12 +50,12 @@ fi
 
 if has peers; then
   W="--input-len 1024 --output-len 512 --num-prompts $N"
-  PEERS=" ${PEERS:-hf inductor torch_tensorrt vllm sglang trtllm} "
-  [[ $PEERS == *" inductor "* ]] && run python benchmarks/peers/inductor.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/inductor_1024_512.json"
-  [[ $PEERS == *" hf "* ]] && run python benchmarks/peers/hf_transformers.py $GPU $W --batch-size "${HF_BATCH:-64}" --output-json "$R/hf_1024_512.json"
-  [[ $PEERS == *" torch_tensorrt "* ]] && run python benchmarks/peers/torch_tensorrt_runner.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/torch_tensorrt_1024_512.json"
+  PEERS=${PEERS:-hf inductor torch_tensorrt vllm sglang trtllm}
+  member inductor "$PEERS" && run python benchmarks/peers/inductor.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/inductor_1024_512.json"
+  member hf "$PEERS" && run python benchmarks/peers/hf_transformers.py $GPU $W --batch-size "${HF_BATCH:-64}" --output-json "$R/hf_1024_512.json"
+  member torch_tensorrt "$PEERS" && run python benchmarks/peers/torch_tensorrt_runner.py $GPU --max-num-batched-tokens "$MNBT" $W --output-json "$R/torch_tensorrt_1024_512.json"
   for p in vllm sglang trtllm; do
-    [[ $PEERS == *" $p "* ]] && run python benchmarks/peers/${p}_runner.py $GPU $W --max-num-batched-tokens "$MNBT" --output-json "$R/${p}_1024_512.json"
+    member "$p" "$PEERS" && run python benchmarks/peers/${p}_runner.py $GPU $W --max-num-batched-tokens "$MNBT" --output-json "$R/${p}_1024_512.json"
   done
 fi
 
