@@ -12,6 +12,7 @@ prefill chunk, NanoFlow's batch) compiled twice in one process group: with the "
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 import time
@@ -62,8 +63,11 @@ def greedy(name: str, overrides: dict, prompts: list[list[int]], steps: int, dev
 
 @torch.inference_mode()
 def throughput(name: str, overrides: dict, dtype: str, device: str, backend: str, option_sets: dict,
-               decode_tokens: int, context: int, prefill_tokens: int, warmup: int, iters: int) -> dict:
+               decode_tokens: int, context: int, prefill_tokens: int, warmup: int, iters: int,
+               dump_stacks_after: float | None = None) -> dict:
     """Tokens/s of one dense iteration per option set, compiled with `backend`, timed between barriers."""
+    if dump_stacks_after:  # a hung rank prints where it waits (the launcher's timeout kills it without a word)
+        faulthandler.dump_traceback_later(dump_stacks_after, exit=False)
     model = _model(name, overrides, getattr(torch, dtype), device)
     ctx_blocks, pre_blocks = -(-context // BLOCK), -(-prefill_tokens // BLOCK)
     model.allocate_kv_cache(decode_tokens * ctx_blocks + pre_blocks, BLOCK, getattr(torch, dtype), device)
@@ -84,8 +88,11 @@ def throughput(name: str, overrides: dict, dtype: str, device: str, backend: str
         compile_s = time.perf_counter() - start
         if distributed.is_primary():
             print(f"{label}: compiled and ran once in {compile_s:.1f} s", flush=True)
-        for _ in range(warmup):
+        for i in range(warmup):
             compiled(*batch)
+            if dump_stacks_after:
+                _sync(device)
+                print(f"rank {distributed.get_tp().rank}: {label} warm-up call {i + 1} done", flush=True)
         _sync(device)
         start = time.perf_counter()
         for _ in range(iters):
@@ -129,6 +136,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--output", default=None, help="write the results JSON here")
+    p.add_argument("--dump-stacks-after", type=float, default=None, metavar="SECONDS",
+                   help="every rank prints its Python stacks this long after the throughput part starts and "
+                        "reports each warm-up call (finding where a hung run waits)")
     return p
 
 
@@ -164,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     option_sets = {label: options for label, options in option_sets.items() if options is not None}
     runs = distributed.launch(
         throughput, args.tp, args.model, overrides, args.dtype, args.device, args.backend, option_sets,
-        args.decode_tokens, args.context, args.prefill_tokens, args.warmup, args.iters, backend=backend,
+        args.decode_tokens, args.context, args.prefill_tokens, args.warmup, args.iters, args.dump_stacks_after,
+        backend=backend,
     )
     result["throughput"] = {"dtype": args.dtype, "backend": args.backend, "decode_tokens": args.decode_tokens,
                             "context": args.context, "prefill_tokens": args.prefill_tokens, **runs}
