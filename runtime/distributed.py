@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .executors.graph import release_graphs
+
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -82,8 +84,11 @@ def init_tensor_parallel(
 
 
 def destroy_tensor_parallel() -> None:
+    """Leave the group. CUDA graphs that captured its collectives go first: NCCL's communicator teardown waits for
+    them (see `executors.graph`), so with any left alive every rank would hang here."""
     global _tp
     if dist.is_initialized():
+        release_graphs()
         dist.destroy_process_group()
     _tp = TPGroup()
 

@@ -10,10 +10,16 @@ Later calls copy their inputs into the static buffers and replay.
 Outputs are views of the graph's static output buffers: the caller must consume them (the engine samples from the
 logits right away) before the next call of this executor, which overwrites them. Parameters and buffers (the KV
 cache) are captured by address; a call whose parameters moved recaptures that binding.
+
+A graph that captured a NCCL collective holds a reference on its communicator, and `ncclCommDestroy` waits for
+every such graph to be destroyed (pytorch/pytorch#115388): graphs still alive in Dynamo's caches made every
+tensor-parallel process hang in `destroy_process_group`. `release_graphs` destroys the graphs of every live
+executor; the process group's teardown calls it first (`distributed.destroy_tensor_parallel`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +41,19 @@ class _Captured:
     outputs: Any
 
 
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every GraphExecutor of the process, for release_graphs
+
+
+def release_graphs() -> int:
+    """Destroy the captured graphs of every live graph executor (they recapture if called again); how many."""
+    released = 0
+    if torch.cuda.is_available() and _LIVE:
+        torch.cuda.synchronize()  # a replay still running must finish before its graph goes
+    for executor in list(_LIVE):
+        released += executor.release()
+    return released
+
+
 @register_executor
 class GraphExecutor:
     name: ClassVar[str] = "graph"
@@ -52,6 +71,7 @@ class GraphExecutor:
         self._pool = None  # one memory pool for all of this executor's graphs
         self._capture_stream: torch.cuda.Stream | None = None
         self.counters = {"captures": 0, "recaptures": 0, "replays": 0, "evictions": 0}
+        _LIVE.add(self)
 
     @classmethod
     def unavailable(cls, device: torch.device, settings: Mapping[str, Any]) -> str | None:
@@ -78,6 +98,14 @@ class GraphExecutor:
         captured.graph.replay()
         self.counters["replays"] += 1
         return captured.outputs
+
+    def release(self) -> int:
+        """Destroy this executor's graphs now rather than when the garbage collector gets to them."""
+        released = len(self._graphs)
+        for captured in self._graphs.values():
+            captured.graph.reset()
+        self._graphs.clear()
+        return released
 
     def status(self) -> dict:
         return {**self.streams.status(), "executor": self.name, "graphs": len(self._graphs), **self.counters}

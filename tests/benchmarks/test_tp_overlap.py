@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tp_overlap.py"
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -54,3 +57,21 @@ def test_a_probe_runs_one_configuration_with_unsplit_collectives(tmp_path):
     runs = json.loads(out.read_text())["throughput"]
     assert "overlap_off" not in runs and "speedup" not in runs
     assert runs["overlap_on"]["options"] == probe and runs["overlap_on"]["tokens_per_second"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL)")
+def test_tp2_on_two_gpus_with_cuda_graphs_exits(tmp_path):
+    """Graphs that captured NCCL collectives made `destroy_process_group` wait forever (pytorch#115388): the ranks
+    must release them and exit. Both settings run under the graph executor; the time box is the assertion."""
+    out = tmp_path / "tp_graphs.json"
+    graph = {"executor": "graph"}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cuda", "--skip-greedy", "--num-layers", "2",
+         "--warmup", "1", "--iters", "2", "--overlap-off", json.dumps({**graph, "nano_batches": 1}),
+         "--overlap-on", json.dumps(graph), "--output", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads(out.read_text())["throughput"]
+    assert runs["overlap_off"]["tokens_per_second"] > 0 and runs["overlap_on"]["tokens_per_second"] > 0

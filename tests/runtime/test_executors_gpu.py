@@ -120,3 +120,23 @@ def test_sm_counts_the_device_cannot_give_are_a_clear_error():
     options = {"device_sms": 264, "sm_plan": {"COMPUTE": 200, "MEMORY": 64}}  # twice the H100's SMs
     with pytest.raises(Exception, match=r"partitions ask for 264 SMs .* but the device has \d+"):
         run_executor(model, "stream", inputs[:1], [c.clone() for c in caches(model)], options)
+
+
+def test_released_graphs_are_captured_again_on_the_next_call():
+    """What the process group's teardown does first (`graph.release_graphs`); the executor still works after it."""
+    from nanoflow_compiler.runtime.executors import graph
+
+    model, inputs, initial = prepared("tiny")
+    ids, pos, meta = inputs[0]
+    torch._dynamo.reset()
+    with backend.capture() as compiled, torch.no_grad():
+        fn = torch.compile(model, backend="nanoflow", dynamic=True, fullgraph=True,
+                           options={"executor": "graph", **OPTIONS})
+        first = fn(ids, pos, meta).clone()
+        executor = compiled[0].executor
+        assert graph.release_graphs() >= 1 and executor.status()["graphs"] == 0
+        for cache, saved in zip(caches(model), initial):
+            cache.copy_(saved)
+        again = fn(ids, pos, meta).clone()
+    assert executor.status()["captures"] == 2 and executor.status()["graphs"] == 1
+    assert rel_err(again, first) < 1e-3
