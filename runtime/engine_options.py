@@ -16,11 +16,11 @@ TOKEN_INPUTS = ["input_ids", "positions", "meta.slot_mapping", "meta.token_req"]
 # GEMMs of M <= 256 tokens sit at or under the ridge point (~295 FLOP/B on an H100): such steps are memory-bound
 # throughout, and nano-batches would only add launches.
 CUDA_MIN_OVERLAP_TOKENS = 512
-# Measured on 2 x H200 (torch 2.11, benchmarks/results/h200x2/README.md): Llama-3-8B at TP=2 with nano-batched
-# collectives hung after its first call under CUDA graphs, while one nano-batch under graphs and the stream executor
-# without graphs ran. Until that is understood, a tensor-parallel engine on CUDA runs with overlap off unless asked.
-TP_OVERLAP_FALLBACK = ("tensor-parallel CUDA engines run with overlap off: nano-batched collectives hung under CUDA "
-                       "graphs on 2 x H200 (torch 2.11)")
+# Measured on 2 x H200 (torch 2.11, benchmarks/results/h200x2/README.md, session 4): one dense 1024-token iteration
+# of Llama-3-8B at TP=2 under CUDA graphs ran 0.79x as fast with nano-batched collectives on their own stream as with
+# one nano-batch. So a tensor-parallel engine on CUDA runs with overlap off unless asked, and says so.
+TP_OVERLAP_FALLBACK = ("tensor-parallel CUDA engines run with overlap off: nano-batched collectives under CUDA graphs "
+                       "ran 0.79x of one nano-batch on 2 x H200 (torch 2.11)")
 
 
 @dataclass

@@ -4,10 +4,6 @@
 #            iteration's throughput with network overlap off vs on, compiled in the same process group
 #   bench    nanoflow bench throughput --model llama-3-8b --tensor-parallel-size 2 (N prompts, 512 in / 256 out):
 #            the serving engine itself over two ranks
-#   probe    one tp_overlap.py run per compile-option set in PROBE_VARIANTS (compact JSON, space-separated), overlap
-#            on only, each boxed by T_probe (75 s): which configuration hangs under CUDA-graph replay (session 3:
-#            nano-batched collectives did, one nano-batch and the stream executor did not); PROBE_ARGS (default
-#            --num-layers 4: Llama-3-8B layers, quick to compile) are appended
 # Logs and JSON go to $RESULTS (benchmarks/results/h100x2); after every step they are packed into $OUT/tp_h100x2.tgz
 # (the device returns at most 8 files), so a call that ends early still returns what finished. Unpack at the repo root.
 #
@@ -33,9 +29,7 @@ STATUS=$R/run_tp_h100x2.txt
 mkdir -p "$R"
 : >"$STATUS"
 PACKED=("$STATUS")
-declare -A BOX=([overlap]=130 [bench]=100 [probe]=75)
-# graph repro; no NETWORK stream (collectives on the COMPUTE stream); unsplit collectives; nano-batches on one stream
-PROBE_VARIANTS=${PROBE_VARIANTS:-'{"executor":"graph"} {"executor":"graph","sm_plan":{"COMPUTE":96,"MEMORY":36}} {"executor":"graph","nano_batches":{"COMPUTE":2,"MEMORY":2,"LIGHT":2,"NETWORK":1}} {"executor":"graph","sm_plan":{"COMPUTE":132}}'}
+declare -A BOX=([overlap]=130 [bench]=100)
 
 note() { echo "$*" | tee -a "$STATUS"; }
 
@@ -56,7 +50,7 @@ install() {
 run_step() {  # run_step NAME OUTPUT_JSON COMMAND...
   local step=$1 json=$2 box left var t0 rc
   shift 2
-  var=T_${step%%[0-9]*}; box=${!var:-${BOX[${step%%[0-9]*}]}}
+  var=T_$step; box=${!var:-${BOX[$step]}}
   left=$((JOB_BUDGET - (SECONDS - START) - 5))
   (( left < box )) && box=$left
   if (( box < 20 )); then note "== $step: skipped, $left s left of the job's $JOB_BUDGET s"; return; fi
@@ -90,16 +84,7 @@ for step in $STEPS; do
       # shellcheck disable=SC2086
       run_step bench "$json" "${NANOFLOW[@]}" bench throughput --model llama-3-8b --tensor-parallel-size 2 \
         --num-prompts "$N" --input-len 512 --output-len 256 --output-json "$json" ${BENCH_ARGS:-} ;;
-    probe)
-      i=0
-      for opts in $PROBE_VARIANTS; do
-        i=$((i + 1))
-        json=$R/tp_probe_$i.json
-        # shellcheck disable=SC2086
-        run_step "probe$i" "$json" "$PY" benchmarks/tp_overlap.py --model llama-3-8b --tp 2 --device cuda --skip-greedy \
-          --iters 5 --warmup 2 --overlap-off null --overlap-on "$opts" --output "$json" ${PROBE_ARGS:---num-layers 4}
-      done ;;
-    *) note "unknown step $step (steps: overlap bench probe)" ;;
+    *) note "unknown step $step (steps: overlap bench)" ;;
   esac
 done
 note "done in $((SECONDS - START)) s"

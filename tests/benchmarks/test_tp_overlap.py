@@ -41,9 +41,9 @@ def test_tp2_greedy_equals_tp1_and_both_overlap_settings_run(tmp_path):
     assert "overlap on / off" in run.stdout
 
 
-def test_a_probe_runs_one_configuration_with_unsplit_collectives(tmp_path):
-    """The `probe` step of scripts/tp_h100x2.sh: overlap off skipped (null), collectives in one nano-batch while
-    the rest splits in two."""
+def test_one_configuration_runs_alone_with_unsplit_collectives(tmp_path):
+    """Overlap off skipped (null): one configuration timed by itself, here collectives in one nano-batch while the
+    rest splits in two."""
     out = tmp_path / "probe.json"
     probe = {"nano_batches": {"COMPUTE": 2, "MEMORY": 2, "LIGHT": 2, "NETWORK": 1}}
     run = subprocess.run(

@@ -17,7 +17,7 @@ def test_cpu_engines_add_only_the_token_inputs_and_buckets():
 
 
 def test_tensor_parallel_cuda_engines_fall_back_to_overlap_off_and_say_so():
-    with pytest.warns(NanoflowWarning, match="nano-batched collectives hung under CUDA graphs"):
+    with pytest.warns(NanoflowWarning, match="nano-batched collectives under CUDA graphs ran 0.79x"):
         chosen = eo.engine_options({}, torch.device("cuda"), [], 2)
     assert chosen.options["overlap"] is False and chosen.overlap_fallback == eo.TP_OVERLAP_FALLBACK
     assert chosen.options["min_overlap_tokens"] == eo.CUDA_MIN_OVERLAP_TOKENS
