@@ -34,6 +34,9 @@ DEST=${OUT:-}
 unset OUT  # children would copy their own files into $OUT, which returns only 8 files: this script packs instead
 STEPS=${*:?usage: [GPU=0] bash scripts/h100_run.sh STEP... (see the header)}
 STATUS=$R/run_$NAME.txt
+PY=${PYTHON:-python}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 mkdir -p "$R"
 : >"$STATUS"
 PACKED=("$STATUS")
@@ -56,29 +59,12 @@ declare -A FILES=(
   [plots]="log_plots.txt throughput_*.png"
 )
 
-pack() {  # this job's files only: a file of the other job is never overwritten by an older copy on unpacking
-  [ -n "$DEST" ] || return 0
-  local have=() f
-  for f in ${PACKED[@]}; do [ -e "$f" ] && have+=("$f"); done  # unquoted: the step patterns expand here
-  tar czf "$DEST/$NAME.tgz.part" "${have[@]}" && mv "$DEST/$NAME.tgz.part" "$DEST/$NAME.tgz"
-}
-
 claim() {  # claim STEP: drop the step's earlier outputs (they are in git) and pack what it writes from now on
   local pattern
   for pattern in ${FILES[$1]}; do
     rm -f "$R"/$pattern
     PACKED+=("$R/$pattern")
   done
-}
-
-note() { echo "$*" | tee -a "$STATUS"; }
-
-install() {
-  if python -c "import nanoflow_compiler, sys; sys.exit(not nanoflow_compiler.__file__.startswith('$PWD'))" 2>/dev/null
-  then return 0; fi
-  # two jobs start at once: one installs, the other waits for it
-  flock /tmp/nanoflow_install.lock python -m pip install -q --no-deps --no-build-isolation -e . >"$R/install_$NAME.log" 2>&1 \
-    || { note "pip install -e . failed: see $R/install_$NAME.log"; PACKED+=("$R/install_$NAME.log"); pack; exit 1; }
 }
 
 command_for() {  # the command line of a step

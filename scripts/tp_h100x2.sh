@@ -25,27 +25,14 @@ JOB_BUDGET=${JOB_BUDGET:-240}
 DEST=${OUT:-}
 unset OUT  # the children must not write into $OUT themselves: it returns at most 8 files
 STEPS=${*:-overlap bench}
-STATUS=$R/run_tp_h100x2.txt
+NAME=tp_h100x2
+STATUS=$R/run_$NAME.txt
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 mkdir -p "$R"
 : >"$STATUS"
 PACKED=("$STATUS")
 declare -A BOX=([overlap]=130 [bench]=100)
-
-note() { echo "$*" | tee -a "$STATUS"; }
-
-pack() {
-  [ -n "$DEST" ] || return 0
-  local have=() f
-  for f in "${PACKED[@]}"; do [ -e "$f" ] && have+=("$f"); done
-  tar czf "$DEST/tp_h100x2.tgz.part" "${have[@]}" && mv "$DEST/tp_h100x2.tgz.part" "$DEST/tp_h100x2.tgz"
-}
-
-install() {
-  if "$PY" -c "import nanoflow_compiler, sys; sys.exit(not nanoflow_compiler.__file__.startswith('$PWD'))" 2>/dev/null
-  then return 0; fi
-  "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$R/install_tp.log" 2>&1 \
-    || { note "pip install -e . failed: see $R/install_tp.log"; PACKED+=("$R/install_tp.log"); pack; exit 1; }
-}
 
 run_step() {  # run_step NAME OUTPUT_JSON COMMAND...
   local step=$1 json=$2 box left var t0 rc
