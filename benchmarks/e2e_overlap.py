@@ -216,7 +216,7 @@ def main() -> None:
             if time.perf_counter() - t0 > args.budget_seconds:
                 payload["runs"][name] = {"skipped": f"past the {args.budget_seconds} s budget"}
                 continue
-            options = dict(common)
+            options = {**common, "overlap": True}  # asked for: without a searched plan the CUDA default is off
             if plan != "default":
                 compute, memory = (int(x) for x in plan.split("/"))
                 options["sm_plan"] = {"COMPUTE": compute, "MEMORY": memory}

@@ -128,8 +128,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap-off", type=json.loads, default={"nano_batches": 1},
                    help="JSON compile options with no network overlap (one nano-batch: nothing to overlap with); "
                         "null skips that run (a probe of one configuration)")
-    p.add_argument("--overlap-on", type=json.loads, default={},
-                   help="JSON compile options with overlap (default: the backend's own plan)")
+    p.add_argument("--overlap-on", type=json.loads, default={"overlap": True},
+                   help='JSON compile options with overlap (default {"overlap": true}: the fixed nano-batch split)')
     p.add_argument("--decode-tokens", type=int, default=256)
     p.add_argument("--context", type=int, default=1024, help="KV context of each decode token")
     p.add_argument("--prefill-tokens", type=int, default=768)

@@ -201,11 +201,16 @@ def _parameter_shapes(ctx: PassContext, fakes: list) -> tuple[dict[str, tuple[in
 # Options that choose the plan themselves: given any of them, the stored plans stay out (plan='auto' would replace
 # them, e.g. an ablation's overlap=False).
 _PLAN_OPTIONS = frozenset({"plan", "schedule", "overlap", "nano_batches", "split", "sm_plan"})
+NO_SEARCHED_PLAN = ("no plan of `nanoflow search` is stored for this GPU and layer shape: running with overlap off "
+                    "(one stream), faster than the fixed nano-batch split on the GPUs measured; `nanoflow search` "
+                    "stores plans, compile option overlap=true forces the split")
 
 
 def _use_stored_plans(ctx: PassContext, fakes: list) -> bool:
-    """No plan asked for, on CUDA, and `nanoflow search` stored plans for this layer shape on this GPU: plan with
-    them (plan='auto' on that database) rather than the fixed default split, as the search measured it better."""
+    """No plan asked for, on CUDA: plan with the plans `nanoflow search` stored for this layer shape on this GPU
+    (plan='auto' on that database), as the search measured them. Where none are stored, run overlap off: the fixed
+    split (two nano-batches on 96/36 SMs) ran slower than one stream end to end on every GPU measured (0.92x on an
+    H100, 0.89x on an H200, 1,024 prompts of 1024/512), so it is no default; overlap=true or plan=None asks for it."""
     if ctx.options.given & _PLAN_OPTIONS or ctx.device.type != "cuda":
         return False
     from .search.auto import stored_plans_db
@@ -213,9 +218,11 @@ def _use_stored_plans(ctx: PassContext, fakes: list) -> bool:
 
     config = shapes_from_parameters(_parameter_shapes(ctx, fakes)[0])
     db = stored_plans_db(config) if config is not None else None
-    if db is None:
-        return False
     given = {k: getattr(ctx.options, k) for k in ctx.options.given}
+    if db is None:
+        ctx.options = CompileOptions.from_dict({**given, "overlap": False})
+        ctx.note(f"nanoflow: {NO_SEARCHED_PLAN}")
+        return False
     ctx.options = CompileOptions.from_dict({**given, "plan": "auto", "profile_db": db})
     return True
 

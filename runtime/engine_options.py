@@ -1,6 +1,7 @@
 """The `nanoflow` compile options an engine adds to the user's: which inputs carry tokens, the token buckets, overlap
-from 512 tokens on CUDA, overlap off for tensor-parallel CUDA engines (TP_OVERLAP_FALLBACK). Options the user gave
-always stand; the plan itself is the backend's (the searched one where `nanoflow search` stored one for this GPU)."""
+only from 512 tokens on CUDA, overlap off for tensor-parallel CUDA engines (TP_OVERLAP_FALLBACK). Options the user
+gave always stand; the plan itself is the backend's (the searched one where `nanoflow search` stored one for this GPU,
+else overlap off)."""
 
 from __future__ import annotations
 

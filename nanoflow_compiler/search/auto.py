@@ -75,8 +75,8 @@ def _analytical(layer: nx.DiGraph, bucket: int, model: str, device: str, sms: in
 
 def stored_plans_db(config) -> str | None:
     """This GPU's default profile database (where `nanoflow search` stores it) when it holds a searched plan for
-    `config`'s layer shape, else None: an engine then plans with it (plan='auto') instead of the fixed default
-    split. A database the loader refuses is passed over with a SearchWarning that says why."""
+    `config`'s layer shape, else None: an engine then plans with it (plan='auto') instead of running with overlap
+    off. A database the loader refuses is passed over with a SearchWarning that says why."""
     try:
         key = DeviceKey.current()
     except RuntimeError:

@@ -69,7 +69,7 @@ def test_tp2_on_two_gpus_with_cuda_graphs_exits(tmp_path):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cuda", "--skip-greedy", "--num-layers", "2",
          "--warmup", "1", "--iters", "2", "--overlap-off", json.dumps({**graph, "nano_batches": 1}),
-         "--overlap-on", json.dumps(graph), "--output", str(out)],
+         "--overlap-on", json.dumps({**graph, "overlap": True}), "--output", str(out)],
         capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -64,8 +64,8 @@ def test_auto_uses_the_stored_plan(tiny_model, tmp_path):
 
 def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
     """The backend's default on CUDA: where `nanoflow search` stored plans for the layer shape, plan='auto' on that
-    database; options that choose a plan (overlap=False included), a CPU graph, or no stored plan keep the options
-    as given."""
+    database, else overlap off with a warning; options that choose a plan (overlap=False included) and a CPU graph
+    keep the options as given."""
     from types import SimpleNamespace
 
     import torch
@@ -93,5 +93,9 @@ def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
                  ctx({}, "cpu")):
         assert not backend._use_stored_plans(kept, []) and kept.options.plan is None
     monkeypatch.setattr(auto, "stored_plans_db", lambda config: None)
-    none = ctx({}, "cuda")
+    notes = []
+    none = ctx({"executor": "graph"}, "cuda")
+    none.note = notes.append
     assert not backend._use_stored_plans(none, []) and none.options.plan is None
+    assert none.options.overlap is False and none.options.executor == "graph"
+    assert notes == [f"nanoflow: {backend.NO_SEARCHED_PLAN}"] and "overlap" in none.options.given
