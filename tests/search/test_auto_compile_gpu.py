@@ -1,5 +1,6 @@
 """On the GPU: a graph compiled without a plan takes the plan `nanoflow search` stored for this device and layer
-shape in the default database (`~/.cache/nanoflow/profiles/<gpu>.json`), and the IR records where it came from."""
+shape in the default database (`~/.cache/nanoflow/profiles/<gpu>.json`), and the IR records where it came from;
+without a stored plan it runs with overlap off, with a warning."""
 
 import pytest
 import torch
@@ -30,3 +31,17 @@ def test_a_graph_without_a_plan_compiles_the_stored_one(tiny_config, tmp_path, m
     assert ctx.plan_source == "profile" and ctx.options.plan == "auto" and ctx.options.profile_db == str(path)
     assert ctx.options.sm_plan == {"COMPUTE": 96, "MEMORY": 32} and ctx.options.sizes(64, "MEMORY") == [16] * 4
     assert ctx.ir.provenance.options["profile_db"] == str(path)
+
+
+def test_a_graph_without_a_plan_or_a_stored_one_runs_overlap_off_and_says_so(tiny_config, tmp_path, monkeypatch):
+    from nanoflow_compiler.backend import NO_SEARCHED_PLAN
+    from nanoflow_compiler.models import LlamaForCausalLM
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: nothing searched on this machine
+    model = LlamaForCausalLM(tiny_config()).eval().cuda()
+    model.allocate_kv_cache(16, 16, torch.float32, "cuda")
+    with pytest.warns(Warning, match="no plan of `nanoflow search` is stored"):
+        ctx = _passes(model, {}, device="cuda")
+    assert ctx.options.overlap is False and ctx.options.plan is None
+    assert f"nanoflow: {NO_SEARCHED_PLAN}" in ctx.ir.provenance.notes
+    assert all(len(sizes) == 1 for sizes in ctx.ir.buckets[0].nano_batches.values())
