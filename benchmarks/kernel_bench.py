@@ -66,6 +66,17 @@ def decode_bench(parts, sweep: bool) -> dict:
                 rows.append({"config": cname, "where": wname, "ms": ms, "GBps": kv_bytes / ms / 1e6})
             except Exception as exc:  # a sweep config that does not fit must not end the run
                 rows.append({"config": cname, "where": wname, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    # The default kernel on a head-major cache ([block, head, token, dim], seen through its strides): each page of a
+    # KV head is one contiguous 4 KB run instead of 16 rows of 256 B, 2 KB apart. Does the layout bound a partition?
+    kh, vh = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for c in (kc, vc))
+    for wname, (stream, nsm) in where.items():
+        name = "default, head-major pages"
+        try:  # a variant that fails is a row that says so, not the end of the run
+            ms = time_fn(lambda nsm=nsm: dispatch.decode_attention(q, kh, vh, tables, req, pos, D ** -0.5,
+                                                                   num_sms=nsm), stream, per_graph=5)
+            rows.append({"config": name, "where": wname, "ms": ms, "GBps": kv_bytes / ms / 1e6})
+        except Exception as exc:  # noqa: BLE001
+            rows.append({"config": name, "where": wname, "error": f"{type(exc).__name__}: {exc}"[:300]})
     for wname, (stream, nsm) in where.items():
         ms = time_fn(lambda nsm=nsm: dispatch.paged_attention(q, kc, vc, tables, req, pos, D ** -0.5, num_sms=nsm),
                      stream, per_graph=5)
