@@ -59,6 +59,22 @@ def test_one_configuration_runs_alone_with_unsplit_collectives(tmp_path):
     assert runs["overlap_on"]["options"] == probe and runs["overlap_on"]["tokens_per_second"] > 0
 
 
+def test_dump_stacks_after_reports_each_ranks_warm_up_calls(tmp_path):
+    """The hang diagnosis: every rank says when each warm-up call has finished on all ranks (a run that then hangs
+    hangs after them); the stack dump is armed for later than this run lasts, so it prints nothing here."""
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32", "--skip-greedy",
+         "--config-overrides", json.dumps(TINY), "--decode-tokens", "8", "--context", "32", "--prefill-tokens", "24",
+         "--warmup", "2", "--iters", "1", "--overlap-off", "null", "--dump-stacks-after", "600"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for rank in (0, 1):
+        for call in (1, 2):
+            assert f"rank {rank}: overlap_on warm-up call {call} done" in run.stdout, run.stdout[-2000:]
+    assert "Thread" not in run.stderr  # no traceback dump
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (NCCL)")
 def test_tp2_on_two_gpus_with_cuda_graphs_exits(tmp_path):
