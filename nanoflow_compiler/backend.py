@@ -103,7 +103,7 @@ def make_context(aten: fx.GraphModule, inputs: list[InputInfo], fakes: list, exa
     _find_tokens(ctx, fakes, example_inputs)
     if torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in example_inputs):
         ctx.note("nanoflow: this is an inference backend: its outputs carry no autograd graph")
-    if options.plan == "auto" or _use_stored_plans(ctx, fakes):
+    if options.plan == "auto" or _cuda_default_plan(ctx, fakes):
         _auto_plan(ctx, fakes)
     return ctx
 
@@ -206,11 +206,12 @@ NO_SEARCHED_PLAN = ("no plan of `nanoflow search` is stored for this GPU and lay
                     "stores plans, compile option overlap=true forces the split")
 
 
-def _use_stored_plans(ctx: PassContext, fakes: list) -> bool:
+def _cuda_default_plan(ctx: PassContext, fakes: list) -> bool:
     """No plan asked for, on CUDA: plan with the plans `nanoflow search` stored for this layer shape on this GPU
-    (plan='auto' on that database), as the search measured them. Where none are stored, run overlap off: the fixed
-    split (two nano-batches on 96/36 SMs) ran slower than one stream end to end on every GPU measured (0.92x on an
-    H100, 0.89x on an H200, 1,024 prompts of 1024/512), so it is no default; overlap=true or plan=None asks for it."""
+    (plan='auto' on that database; returns True), as the search measured them. Where none are stored, run overlap
+    off (returns False, as it does where a plan was asked for or the graph is not on CUDA): the fixed split (two
+    nano-batches on 96/36 SMs) ran slower than one stream end to end on every GPU measured (0.92x on an H100, 0.89x
+    on an H200, 1,024 prompts of 1024/512), so it is no default; overlap=true or plan=None asks for it."""
     if ctx.options.given & _PLAN_OPTIONS or ctx.device.type != "cuda":
         return False
     from .search.auto import stored_plans_db

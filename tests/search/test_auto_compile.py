@@ -85,17 +85,17 @@ def test_cuda_graphs_without_a_plan_take_this_gpus_stored_plans(monkeypatch):
                                device=torch.device(device))
 
     cuda = ctx({"min_overlap_tokens": 512, "executor": "graph"}, "cuda")
-    assert backend._use_stored_plans(cuda, [])
+    assert backend._cuda_default_plan(cuda, [])
     assert cuda.options.plan == "auto" and cuda.options.profile_db == "/cache/gpu.json"
     assert cuda.options.min_overlap_tokens == 512 and cuda.options.executor == "graph"
     assert seen[0].num_key_value_heads == 2 and seen[0].head_dim == 32
     for kept in (ctx({"plan": None}, "cuda"), ctx({"overlap": False}, "cuda"), ctx({"nano_batches": 3}, "cuda"),
                  ctx({}, "cpu")):
-        assert not backend._use_stored_plans(kept, []) and kept.options.plan is None
+        assert not backend._cuda_default_plan(kept, []) and kept.options.plan is None
     monkeypatch.setattr(auto, "stored_plans_db", lambda config: None)
     notes = []
     none = ctx({"executor": "graph"}, "cuda")
     none.note = notes.append
-    assert not backend._use_stored_plans(none, []) and none.options.plan is None
+    assert not backend._cuda_default_plan(none, []) and none.options.plan is None
     assert none.options.overlap is False and none.options.executor == "graph"
     assert notes == [f"nanoflow: {backend.NO_SEARCHED_PLAN}"] and "overlap" in none.options.given
