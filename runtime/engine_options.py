@@ -40,13 +40,13 @@ def engine_options(given: dict | None, device: torch.device, buckets: list[int],
     if device.type != "cuda":
         return EngineOptions(options)
     options.setdefault("min_overlap_tokens", CUDA_MIN_OVERLAP_TOKENS)
-    return EngineOptions(options, overlap_fallback=tp_overlap_default(options, device, tp_size))
+    return EngineOptions(options, overlap_fallback=tp_overlap_default(options, tp_size))
 
 
-def tp_overlap_default(options: dict, device: torch.device, tp_size: int) -> str | None:
-    """Turn overlap off in `options` for a tensor-parallel CUDA engine that did not ask for it; says why (and warns),
+def tp_overlap_default(options: dict, tp_size: int) -> str | None:
+    """Turn overlap off in the options of a tensor-parallel CUDA engine that did not ask for it; says why (and warns),
     or None where nothing changed."""
-    if device.type != "cuda" or tp_size < 2 or "overlap" in options:
+    if tp_size < 2 or "overlap" in options:
         return None
     options["overlap"] = False
     warnings.warn(f"nanoflow: {TP_OVERLAP_FALLBACK}; pass compile option overlap=true to try it", NanoflowWarning,
