@@ -52,31 +52,25 @@ def decode_bench(parts, sweep: bool) -> dict:
     q, kc, vc, tables, req, pos = decode_inputs()
     kv_bytes = 2 * kc.numel() * kc.element_size()
     where = {"full": (None, None), "MEMORY": (parts["MEMORY"].stream, parts["MEMORY"].num_sms)}
-    configs = {"default": attention_kernel.DECODE}
+    # The default kernel also runs on a head-major cache ([block, head, token, dim], seen through its strides): each
+    # page of a KV head is then one contiguous 4 KB run instead of 16 rows of 256 B, 2 KB apart. Does the layout bound
+    # a partition?
+    kh, vh = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for c in (kc, vc))
+    variants = {"default": (attention_kernel.DECODE, kc, vc),
+                "default, head-major pages": (attention_kernel.DECODE, kh, vh)}
     if sweep:
-        configs.update({f"n{n}w{w}s{s}": attention_kernel.AttnConfig(block_n=n, num_warps=w, stages=s)
-                        for n, w, s in DECODE_SWEEP})
+        variants.update({f"n{n}w{w}s{s}": (attention_kernel.AttnConfig(block_n=n, num_warps=w, stages=s), kc, vc)
+                         for n, w, s in DECODE_SWEEP})
     rows = []
-    for cname, cfg in configs.items():
+    for cname, (cfg, k, v) in variants.items():
         for wname, (stream, nsm) in where.items():
-            def run(cfg=cfg, nsm=nsm):
-                dispatch.decode_attention(q, kc, vc, tables, req, pos, D ** -0.5, num_sms=nsm, config=cfg)
+            def run(cfg=cfg, k=k, v=v, nsm=nsm):
+                dispatch.decode_attention(q, k, v, tables, req, pos, D ** -0.5, num_sms=nsm, config=cfg)
             try:
                 ms = time_fn(run, stream, per_graph=5)
                 rows.append({"config": cname, "where": wname, "ms": ms, "GBps": kv_bytes / ms / 1e6})
-            except Exception as exc:  # a sweep config that does not fit must not end the run
+            except Exception as exc:  # a variant that does not fit is a row that says so, not the end of the run
                 rows.append({"config": cname, "where": wname, "error": f"{type(exc).__name__}: {exc}"[:300]})
-    # The default kernel on a head-major cache ([block, head, token, dim], seen through its strides): each page of a
-    # KV head is one contiguous 4 KB run instead of 16 rows of 256 B, 2 KB apart. Does the layout bound a partition?
-    kh, vh = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for c in (kc, vc))
-    for wname, (stream, nsm) in where.items():
-        name = "default, head-major pages"
-        try:  # a variant that fails is a row that says so, not the end of the run
-            ms = time_fn(lambda nsm=nsm: dispatch.decode_attention(q, kh, vh, tables, req, pos, D ** -0.5,
-                                                                   num_sms=nsm), stream, per_graph=5)
-            rows.append({"config": name, "where": wname, "ms": ms, "GBps": kv_bytes / ms / 1e6})
-        except Exception as exc:  # noqa: BLE001
-            rows.append({"config": name, "where": wname, "error": f"{type(exc).__name__}: {exc}"[:300]})
     for wname, (stream, nsm) in where.items():
         ms = time_fn(lambda nsm=nsm: dispatch.paged_attention(q, kc, vc, tables, req, pos, D ** -0.5, num_sms=nsm),
                      stream, per_graph=5)
