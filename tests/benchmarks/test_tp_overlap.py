@@ -18,17 +18,22 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tp_overlap.py"
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=256, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+# Two gloo ranks on the CPU, the tiny config, a short dense iteration.
+CPU = ["--device", "cpu", "--dtype", "float32", "--config-overrides", json.dumps(TINY), "--decode-tokens", "8",
+       "--context", "32", "--prefill-tokens", "24"]
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """tp_overlap.py with two ranks, as on the device; it must exit cleanly."""
+    run = subprocess.run([sys.executable, str(SCRIPT), "--tp", "2", *args], capture_output=True, text=True,
+                         timeout=240, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
 
 
 def test_tp2_greedy_equals_tp1_and_both_overlap_settings_run(tmp_path):
     out = tmp_path / "tp_overlap.json"
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32",
-         "--config-overrides", json.dumps(TINY), "--num-prompts", "3", "--steps", "6", "--decode-tokens", "8",
-         "--context", "32", "--prefill-tokens", "24", "--warmup", "1", "--iters", "2", "--output", str(out)],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_script(*CPU, "--num-prompts", "3", "--steps", "6", "--warmup", "1", "--iters", "2", "--output", str(out))
     result = json.loads(out.read_text())
     greedy = result["greedy"]
     assert greedy["tokens_equal"] and greedy["prompts_equal"] == 3
@@ -46,14 +51,8 @@ def test_one_configuration_runs_alone_with_unsplit_collectives(tmp_path):
     rest splits in two."""
     out = tmp_path / "probe.json"
     probe = {"nano_batches": {"COMPUTE": 2, "MEMORY": 2, "LIGHT": 2, "NETWORK": 1}}
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32", "--skip-greedy",
-         "--config-overrides", json.dumps(TINY), "--decode-tokens", "8", "--context", "32", "--prefill-tokens", "24",
-         "--warmup", "1", "--iters", "1", "--overlap-off", "null", "--overlap-on", json.dumps(probe),
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_script(*CPU, "--skip-greedy", "--warmup", "1", "--iters", "1", "--overlap-off", "null", "--overlap-on",
+               json.dumps(probe), "--output", str(out))
     runs = json.loads(out.read_text())["throughput"]
     assert "overlap_off" not in runs and "speedup" not in runs
     assert runs["overlap_on"]["options"] == probe and runs["overlap_on"]["tokens_per_second"] > 0
@@ -62,13 +61,8 @@ def test_one_configuration_runs_alone_with_unsplit_collectives(tmp_path):
 def test_dump_stacks_after_reports_each_ranks_warm_up_calls(tmp_path):
     """The hang diagnosis: every rank says when each warm-up call has finished on all ranks (a run that then hangs
     hangs after them); the stack dump is armed for later than this run lasts, so it prints nothing here."""
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cpu", "--dtype", "float32", "--skip-greedy",
-         "--config-overrides", json.dumps(TINY), "--decode-tokens", "8", "--context", "32", "--prefill-tokens", "24",
-         "--warmup", "2", "--iters", "1", "--overlap-off", "null", "--dump-stacks-after", "600"],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_script(*CPU, "--skip-greedy", "--warmup", "2", "--iters", "1", "--overlap-off", "null",
+                     "--dump-stacks-after", "600")
     for rank in (0, 1):
         for call in (1, 2):
             assert f"rank {rank}: overlap_on warm-up call {call} done" in run.stdout, run.stdout[-2000:]
@@ -82,12 +76,8 @@ def test_tp2_on_two_gpus_with_cuda_graphs_exits(tmp_path):
     must release them and exit. Both settings run under the graph executor; the time box is the assertion."""
     out = tmp_path / "tp_graphs.json"
     graph = {"executor": "graph"}
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tp", "2", "--device", "cuda", "--skip-greedy", "--num-layers", "2",
-         "--warmup", "1", "--iters", "2", "--overlap-off", json.dumps({**graph, "nano_batches": 1}),
-         "--overlap-on", json.dumps({**graph, "overlap": True}), "--output", str(out)],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_script("--device", "cuda", "--skip-greedy", "--num-layers", "2", "--warmup", "1", "--iters", "2",
+               "--overlap-off", json.dumps({**graph, "nano_batches": 1}), "--overlap-on",
+               json.dumps({**graph, "overlap": True}), "--output", str(out))
     runs = json.loads(out.read_text())["throughput"]
     assert runs["overlap_off"]["tokens_per_second"] > 0 and runs["overlap_on"]["tokens_per_second"] > 0
