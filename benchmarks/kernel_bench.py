@@ -36,12 +36,17 @@ def copy_bandwidth(parts) -> dict:
     return res
 
 
-def decode_inputs():
+def decode_inputs(page: int = PAGE, head_major: bool = False):
+    """Query, K/V caches, block tables, token_req and positions of the decode benchmark; `head_major` lays each page
+    out as [head, token, dim] (one contiguous run per KV head) behind the runtime's [block, token, head, dim] view."""
     g = torch.Generator(device="cuda").manual_seed(0)
-    nblocks = B * CTX // PAGE
-    kc = torch.randn(nblocks, PAGE, HKV, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    nblocks = B * CTX // page
+    shape = (nblocks, HKV, page, D) if head_major else (nblocks, page, HKV, D)
+    kc = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
     vc = torch.randn_like(kc)
-    tables = torch.randperm(nblocks, device="cuda", generator=g).view(B, CTX // PAGE).to(torch.int32)
+    if head_major:
+        kc, vc = kc.transpose(1, 2), vc.transpose(1, 2)
+    tables = torch.randperm(nblocks, device="cuda", generator=g).view(B, CTX // page).to(torch.int32)
     q = torch.randn(B, HQ, D, device="cuda", dtype=torch.bfloat16, generator=g)
     req = torch.arange(B, device="cuda", dtype=torch.int32)
     pos = torch.full((B,), CTX - 1, device="cuda", dtype=torch.int64)
@@ -49,23 +54,26 @@ def decode_inputs():
 
 
 def decode_bench(parts, sweep: bool) -> dict:
-    q, kc, vc, tables, req, pos = decode_inputs()
-    kv_bytes = 2 * kc.numel() * kc.element_size()
     where = {"full": (None, None), "MEMORY": (parts["MEMORY"].stream, parts["MEMORY"].num_sms)}
-    # The default kernel also runs on a head-major cache ([block, head, token, dim], seen through its strides): each
-    # page of a KV head is then one contiguous 4 KB run instead of 16 rows of 256 B, 2 KB apart. Does the layout bound
-    # a partition?
-    kh, vh = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for c in (kc, vc))
-    variants = {"default": (attention_kernel.DECODE, kc, vc),
-                "default, head-major pages": (attention_kernel.DECODE, kh, vh)}
+    # The default kernel on other cache layouts, through its strides: does the layout bound a partition? Head-major
+    # pages make each KV head's page one contiguous run (4 KB at 16 tokens) instead of rows of 256 B, 2 KB apart;
+    # 64-token pages (TensorRT-LLM's default) make that run 16 KB.
+    layouts = {"": (PAGE, False), ", head-major pages": (PAGE, True), ", 64-token pages": (64, False),
+               ", head-major 64-token pages": (64, True)}
+    variants = {f"default{lname}": (attention_kernel.DECODE, page, hm) for lname, (page, hm) in layouts.items()}
     if sweep:
-        variants.update({f"n{n}w{w}s{s}": (attention_kernel.AttnConfig(block_n=n, num_warps=w, stages=s), kc, vc)
-                         for n, w, s in DECODE_SWEEP})
+        for lname in ("", ", head-major 64-token pages"):
+            variants.update({f"n{n}w{w}s{s}{lname}": (attention_kernel.AttnConfig(block_n=n, num_warps=w, stages=s),
+                                                      *layouts[lname]) for n, w, s in DECODE_SWEEP})
+    inputs = {lay: decode_inputs(*lay) for lay in layouts.values()}
+    q, kc, vc, tables, req, pos = inputs[(PAGE, False)]
+    kv_bytes = 2 * kc.numel() * kc.element_size()
     rows = []
-    for cname, (cfg, k, v) in variants.items():
+    for cname, (cfg, *lay) in variants.items():
+        _, k, v, tab, _, _ = inputs[tuple(lay)]
         for wname, (stream, nsm) in where.items():
-            def run(cfg=cfg, k=k, v=v, nsm=nsm):
-                dispatch.decode_attention(q, k, v, tables, req, pos, D ** -0.5, num_sms=nsm, config=cfg)
+            def run(cfg=cfg, k=k, v=v, tab=tab, nsm=nsm):
+                dispatch.decode_attention(q, k, v, tab, req, pos, D ** -0.5, num_sms=nsm, config=cfg)
             try:
                 ms = time_fn(run, stream, per_graph=5)
                 rows.append({"config": cname, "where": wname, "ms": ms, "GBps": kv_bytes / ms / 1e6})
@@ -129,6 +137,9 @@ def acceptance(copy: dict, dec: dict, gm: dict, mem_sms: int, comp_sms: int, tot
            "decode_full_frac_of_copy": dec_bw("full") / copy["full"],
            f"decode_{mem_sms}sm_frac_of_copy": dec_bw("MEMORY") / copy["full"]}
     res["decode_pass"] = res["decode_full_frac_of_copy"] >= 0.8 and res[f"decode_{mem_sms}sm_frac_of_copy"] >= 0.7
+    layouts = {r["config"] for r in dec["rows"] if r["config"].startswith("default, ") and "GBps" in r}
+    res["decode_layouts"] = {c: {w: r["GBps"] / copy["full"] for r in dec["rows"] if r["config"] == c
+                                 for w in [r["where"]]} for c in sorted(layouts)}
     swept = {r["config"] for r in dec["rows"] if r["config"].startswith("n") and "GBps" in r}
     if swept:  # the best tile config of the sweep on the small partition, for choosing the default
         best = max(swept, key=lambda c: next(r["GBps"] for r in dec["rows"] if r["config"] == c
