@@ -69,7 +69,7 @@ def launch(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
         query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         D=D, PAGE=page, BLOCK_M=block_m, BLOCK_N=block_n, CHUNK=max(CHUNK_TOKENS, block_n), PREFILL=prefill,
-        SPLIT=splits > 1, STAGES=cfg.stages,
+        SPLIT=splits > 1, STAGES=cfg.stages, WIDE=max(k_cache.numel(), v_cache.numel()) >= 2 ** 31,
         num_warps=cfg.num_warps, num_stages=cfg.stages,
     )
     if splits > 1:
@@ -131,7 +131,7 @@ def paged_attn_kernel(
     T, G, Hkv, num_splits, min_tiles, qk_scale,
     s_qt, s_qh, s_kb, s_kt, s_kh, s_bt, s_ot, s_oh,
     D: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-    PREFILL: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr,
+    PREFILL: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr, WIDE: tl.constexpr,
 ):
     # The KV heads of one token are adjacent programs: they read complementary 256-byte slices of the same cache
     # pages at about the same time (DRAM locality), instead of 8 visits to each page spread over the launch.
@@ -139,7 +139,7 @@ def paged_attn_kernel(
     kvh = tl.program_id(0) % Hkv
     split = tl.program_id(1)
     owned, req, prev = _owns(req_ptr, t0, T, PREFILL)
-    pos0 = tl.load(pos_ptr + t0)
+    pos0 = tl.load(pos_ptr + t0).to(tl.int32)  # int32 index math: a third fewer instructions per tile than int64
     rows = tl.arange(0, BLOCK_M)
     if PREFILL:
         block_q = BLOCK_M // G
@@ -151,7 +151,7 @@ def paged_attn_kernel(
         head = kvh * G + rows % G
         in_tile = (rows < block_q * G) & (tok < T)
         r_req = tl.load(req_ptr + tok, mask=in_tile, other=-1)
-        r_pos = tl.load(pos_ptr + tok, mask=in_tile, other=-1)
+        r_pos = tl.load(pos_ptr + tok, mask=in_tile, other=-1).to(tl.int32)
         row_ok = in_tile & (r_req == req) & (r_pos // block_q == pos0 // block_q)
         store_ok = row_ok
     else:
@@ -194,7 +194,9 @@ def paged_attn_kernel(
                 pages = tl.load(bt_row + j // PAGE, mask=j_ok, other=0)
             else:
                 pages = tl.gather(chunk_pages, j // PAGE - first_page, 0)
-            base = pages.to(tl.int64) * s_kb + (j % PAGE) * s_kt + kvh * s_kh
+            if WIDE:
+                pages = pages.to(tl.int64)
+            base = pages * s_kb + (j % PAGE) * s_kt + kvh * s_kh
             k = tl.load(k_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
             v = tl.load(v_ptr + base[:, None] + d[None, :], mask=j_ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale
