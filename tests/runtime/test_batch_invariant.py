@@ -67,6 +67,11 @@ class TestHostSide:
             default = {attention_kernel.choose_splits(p, n, cfg) for p in (1, 8, 64, 4096) for n in BUDGETS}
             assert len(default) > 1  # without the option the split follows the budget and the token count
 
+    def test_decode_tile_shape_follows_the_budget_unless_invariant(self):
+        small, full = attention_kernel.DECODE_SMALL, attention_kernel.DECODE
+        assert [attention_kernel.decode_config(n) for n in (1, 32, 64, 65, 132)] == [small] * 3 + [full] * 2
+        assert {attention_kernel.decode_config(n, batch_invariant=True) for n in BUDGETS} == {full}
+
     def test_gemm_configs_share_the_k_loop(self):
         """A row's sum order is the config's K loop: configs may differ only in tile M/N, stages, warps, epilogue."""
         assert len({c.bk for c in gemm.CONFIGS}) == 1
@@ -138,3 +143,11 @@ def test_interpreted_prefill_run_is_bitwise_equal_across_budgets_and_batches(int
         at = sum(n for _, n in parts[:[r for r, _ in parts].index(1)])
         runs += [launch(parts, sms, dtype)[at:at + 5] for sms in (1, 132)]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_interpreted_decode_matches_the_reference_on_small_and_full_budgets(interpreted, dtype):
+    """Without the option a small budget runs DECODE_SMALL (one warp, 16-token tiles) and the full device DECODE;
+    both match the reference (`launch` checks), with a split context (600 tokens) and a prefill run beside them."""
+    for sms in (8, 64, 132):
+        launch([(0, 1), (1, 1), (2, 1), (3, 4)], sms, dtype, invariant=False)

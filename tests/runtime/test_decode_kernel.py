@@ -139,25 +139,3 @@ def test_gpu_decode_replays_in_cuda_graph():
     ref = paged_attention_reference(q, kc.nan_to_num(), vc.nan_to_num(), *rest, 0.1)
     err = ((out[:3].float().cpu() - ref[:3].float()).norm() / ref[:3].float().norm()).item()
     assert err < 1e-2
-
-
-@pytest.mark.parametrize("kernel", ["per-kv-head", "grouped"])
-def test_interpreted_head_major_pages_give_the_same_output(interpreted, kernel):
-    """A [block, head, token, dim] cache seen as [block, token, head, dim] through its strides alone: a program then
-    reads each page of its KV head as one contiguous run (the layout `kernel_bench.py` times beside ours). The
-    kernels address the cache by strides, so the output is the same, bit for bit."""
-    from nanoflow_compiler.runtime.kernels import attention_kernel
-
-    q, kc, vc, *rest = args = decode_batch([1, 9, 40, 70], 8, 4, 16, 8, torch.float16)
-    head_major = tuple(c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3) for c in (kc, vc))
-    assert head_major[0].stride(2) == 8 * 16 and torch.equal(head_major[0].nan_to_num(), kc.nan_to_num())
-    outs = []
-    for k, v in ((kc, vc), head_major):
-        out = torch.full_like(q, 7.0)
-        if kernel == "grouped":
-            interpreted.launch(q, k, v, *rest, 0.3, out, num_sms=4, config=interpreted.DecodeConfig())
-        else:
-            attention_kernel.launch(q, k, v, *rest, 0.3, out, prefill=False, num_sms=4)
-        outs.append(out)
-    check(outs[1], args, 0.3)
-    assert torch.equal(outs[0], outs[1])
