@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..partitions import sm_budget
-from . import attention_kernel, decode_kernel
+from . import attention_kernel
 from .kv_append import kv_append as _kv_append
 
 
@@ -46,18 +46,13 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 def decode_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      token_req: torch.Tensor, positions: torch.Tensor, scale: float, num_sms: int | None = None,
-                     config: attention_kernel.AttnConfig | decode_kernel.DecodeConfig | None = None) -> torch.Tensor:
-    """The decode launch alone, for batches known to hold only single-token runs (benchmarks, decode nano-ops).
-    A `DecodeConfig` runs the grouped kernel (`decode_kernel`), an `AttnConfig` or None the per-KV-head one."""
+                     config: attention_kernel.AttnConfig | None = None) -> torch.Tensor:
+    """The decode launch alone, for batches known to hold only single-token runs (benchmarks, decode nano-ops);
+    `config` None takes the budget's default (`attention_kernel.decode_config`)."""
     _check_attention(query, k_cache, v_cache, block_tables, token_req, positions)
     out = torch.empty_like(query, memory_format=torch.contiguous_format)
-    budget = num_sms or sm_budget()
-    if isinstance(config, decode_kernel.DecodeConfig):
-        decode_kernel.launch(query, k_cache, v_cache, block_tables, token_req, positions, scale, out,
-                             num_sms=budget, config=config)
-    else:
-        attention_kernel.launch(query, k_cache, v_cache, block_tables, token_req, positions, scale, out,
-                                prefill=False, num_sms=budget, config=config)
+    attention_kernel.launch(query, k_cache, v_cache, block_tables, token_req, positions, scale, out, prefill=False,
+                            num_sms=num_sms or sm_budget(), config=config)
     return out
 
 

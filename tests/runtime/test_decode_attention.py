@@ -1,5 +1,6 @@
-"""Grouped decode attention kernel against the reference: on CPU through Triton's interpreter (tiny shapes, fp16 and
-fp32: the interpreter's bf16 dot is wrong), on the GPU in bf16 at the shapes of the kernel tests."""
+"""The decode launch of the paged-attention kernel against the reference, in both tile configs (DECODE for the whole
+device, DECODE_SMALL for small partitions): on CPU through Triton's interpreter (tiny shapes, fp16 and fp32: the
+interpreter's bf16 dot is wrong), on the GPU in bf16 at the shapes of the kernel tests."""
 
 from __future__ import annotations
 
@@ -14,15 +15,7 @@ from nanoflow_compiler.runtime.attention import paged_attention_reference
 pytest.importorskip("triton", reason="the decode kernels are Triton kernels")
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-CONFIG_ARGS = [  # DecodeConfig keyword arguments: every variant, TMA with a 2-D and a 3-D descriptor, split and not
-    {},
-    {"heads_per_program": 1, "tile_pages": 2},
-    {"heads_per_program": 2, "tile_pages": 4, "min_split_tokens": 16},
-    {"tma": True},
-    {"tma": True, "heads_per_program": 2, "min_split_tokens": 16},
-    {"persistent": True, "programs_per_sm": 1},
-    {"persistent": True, "tma": True, "heads_per_program": 2, "min_split_tokens": 16},
-]
+CONFIGS = ["DECODE", "DECODE_SMALL"]  # attention_kernel's decode tile configs, by name
 
 
 @pytest.fixture
@@ -30,9 +23,9 @@ def interpreted():
     """The kernel module, in a process that runs Triton's CPU interpreter (test_cpu_cases_under_triton_interpreter)."""
     if not INTERPRETED:
         pytest.skip("runs inside test_cpu_cases_under_triton_interpreter's child process (TRITON_INTERPRET=1)")
-    from nanoflow_compiler.runtime.kernels import decode_kernel
+    from nanoflow_compiler.runtime.kernels import attention_kernel
 
-    return decode_kernel
+    return attention_kernel
 
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the parent of the interpreted run")
@@ -79,30 +72,25 @@ def check(launch_out, args, scale):
     assert (launch_out[-3:-1] == 7.0).all()
 
 
-@pytest.mark.parametrize("cfg", CONFIG_ARGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def launch(kernel, args, scale: float, num_sms: int, config):
+    """The decode launch into an output pre-filled with 7.0 (rows it does not own must keep it)."""
+    out = torch.full_like(args[0], 7.0)
+    kernel.launch(*args, scale, out, prefill=False, num_sms=num_sms, config=config)
+    return out
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_interpreted_decode_matches_reference(interpreted, cfg, dtype):
     args = decode_batch([1, 9, 40, 70], 8, 4, 16, 8, dtype)
-    out = torch.full_like(args[0], 7.0)
-    interpreted.launch(*args, 0.3, out, num_sms=4, config=interpreted.DecodeConfig(**cfg))
-    check(out, args, 0.3)
+    check(launch(interpreted, args, 0.3, 4, getattr(interpreted, cfg)), args, 0.3)
 
 
-def test_interpreted_gqa_16_pads_rows(interpreted):
-    """G = 1 (query rows padded to 16) and a large group in one program."""
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_interpreted_gqa_1_pads_rows(interpreted, cfg):
+    """G = 1: one query row per program, padded to 16."""
     args = decode_batch([5, 33], 4, 4, 16, 8, torch.float16, seed=1)
-    out = torch.full_like(args[0], 7.0)
-    interpreted.launch(*args, 0.25, out, num_sms=1, config=interpreted.DecodeConfig())
-    check(out, args, 0.25)
-
-
-def test_interpreted_bad_configs_name_the_problem(interpreted):
-    args = decode_batch([5], 8, 4, 16, 8, torch.float16)
-    out = torch.empty_like(args[0])
-    with pytest.raises(ValueError, match="does not divide"):
-        interpreted.launch(*args, 0.3, out, num_sms=1, config=interpreted.DecodeConfig(heads_per_program=3))
-    with pytest.raises(ValueError, match="one page per tile"):
-        interpreted.launch(*args, 0.3, out, num_sms=1, config=interpreted.DecodeConfig(tma=True, tile_pages=2))
+    check(launch(interpreted, args, 0.25, 1, getattr(interpreted, cfg)), args, 0.25)
 
 
 GPU_CASES = [(32, 8, 128, 16, [1, 33, 1000, 4096]), (32, 4, 64, 32, [5, 64, 777, 2048]),
@@ -110,29 +98,27 @@ GPU_CASES = [(32, 8, 128, 16, [1, 33, 1000, 4096]), (32, 4, 64, 32, [5, 64, 777,
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", CONFIG_ARGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("cfg", CONFIGS)
 @pytest.mark.parametrize("hq, hkv, d, page, contexts", GPU_CASES)
 @pytest.mark.parametrize("num_sms", [132, 32])
 def test_gpu_decode_matches_reference(cfg, hq, hkv, d, page, contexts, num_sms):
-    from nanoflow_compiler.runtime.kernels import decode_kernel
+    from nanoflow_compiler.runtime.kernels import attention_kernel
 
     args = decode_batch(contexts, hq, hkv, d, page, torch.bfloat16, device="cuda")
-    out = torch.full_like(args[0], 7.0)
-    decode_kernel.launch(*args, d ** -0.5, out, num_sms=num_sms, config=decode_kernel.DecodeConfig(**cfg))
+    out = launch(attention_kernel, args, d ** -0.5, num_sms, getattr(attention_kernel, cfg))
     check(out.cpu(), tuple(a.cpu() for a in args), d ** -0.5)
 
 
 @pytest.mark.gpu
-def test_gpu_decode_replays_in_cuda_graph():
-    from nanoflow_compiler.runtime.kernels import decode_kernel, dispatch
+def test_gpu_small_budget_decode_replays_in_cuda_graph():
+    from nanoflow_compiler.runtime.kernels import dispatch
 
     args = decode_batch([100, 300, 17], 32, 8, 128, 16, torch.bfloat16, device="cuda")
     q = args[0]
-    cfg = decode_kernel.DecodeConfig(tma=True)
-    dispatch.decode_attention(*args, 0.1, num_sms=32, config=cfg)  # compile outside the capture
+    dispatch.decode_attention(*args, 0.1, num_sms=32)  # compile outside the capture (DECODE_SMALL on 32 SMs)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = dispatch.decode_attention(*args, 0.1, num_sms=32, config=cfg)
+        out = dispatch.decode_attention(*args, 0.1, num_sms=32)
     q.copy_(torch.randn_like(q))
     graph.replay()
     q, kc, vc, *rest = (a.cpu() for a in args)
