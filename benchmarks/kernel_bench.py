@@ -56,7 +56,7 @@ def decode_bench(parts, sweep: bool) -> dict:
     where = {"full": (None, None), "MEMORY": (parts["MEMORY"].stream, parts["MEMORY"].num_sms)}
     # "default" is the runtime's choice for the budget (DECODE_SMALL on a small partition); the two named configs run
     # everywhere, so each budget shows what the choice bought. (Session 5, H100: head-major or 64-token pages did not
-    # change the 32-SM figure: 0.560 / 0.483 of copy against 0.560, kernels_call1.json.)
+    # change the 32-SM figure: 0.560 / 0.483 of copy against 0.560, results/h100/session5/layouts/.)
     variants = {"default": None, "DECODE": attention_kernel.DECODE, "DECODE_SMALL": attention_kernel.DECODE_SMALL}
     if sweep:
         variants.update({f"n{n}w{w}s{s}": attention_kernel.AttnConfig(block_n=n, num_warps=w, stages=s)
