@@ -130,17 +130,27 @@ def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], p
         return None, ["plan='auto': the search models Llama-family decoder layers (fused qkv_proj and gate_up_proj, "
                       "a paged KV cache) and this graph has none; the compiler's default plan stands"], "analytical"
     layer = decoder_layer_graph(config, context_len, dtype_bytes)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SearchWarning)
-        if profile_db is not None and os.path.exists(profile_db):  # read once for every bucket
-            profile_db = ProfileDB.load(profile_db, expect=_device()[2])
-        plans = {b: load_plan_for(config, b, profile_db, context_len, layer) for b in buckets}
-    notes = []
-    for w in caught:
-        if issubclass(w.category, SearchWarning):
-            notes.append(str(w.message))
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if profile_db is not None and os.path.exists(profile_db):  # read once for every bucket
+        profile_db = ProfileDB.load(profile_db, expect=_device()[2])
+    def planned(bucket: int) -> tuple[Plan, list[str]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SearchWarning)
+            plan = load_plan_for(config, bucket, profile_db, context_len, layer)
+        for w in caught:
+            if not issubclass(w.category, SearchWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return plan, [str(w.message) for w in caught if issubclass(w.category, SearchWarning)]
+
+    lead, notes = planned(max(buckets))
+    if lead.sequential and lead.cost_source == "profile":
+        # The largest bucket's measured plan decides the overlap flag (`merge_plan_options`) and runs every bucket on
+        # one stream: the other buckets' plans would decide nothing, so they are not made (nor their fallbacks to the
+        # analytical model reported).
+        return {**lead.to_options(), "token_buckets": sorted(set(buckets))}, notes, "profile"
+    plans = {lead.bucket: lead}
+    for b in sorted(set(buckets) - {lead.bucket}):
+        plans[b], more = planned(b)
+        notes += more
     options, merge_notes = merge_plan_options(plans)
     source = "profile" if all(p.cost_source == "profile" for p in plans.values()) else "analytical"
     return options, notes + merge_notes, source

@@ -79,6 +79,25 @@ def test_auto_options_from_parameter_shapes_returns_fallback_notes(tiny_config):
     options_mod.CompileOptions.from_dict(options)  # what the compiler will accept
 
 
+def test_a_measured_sequential_plan_of_the_largest_bucket_decides_every_bucket(tiny_config, monkeypatch, make_db,
+                                                                                make_chain):
+    """The largest bucket's plan sets the overlap flag; when the search measured one stream fastest there, the
+    smaller buckets are not planned, so their missing profiles raise no analytical-model warnings."""
+    from nanoflow_compiler.models import LlamaForCausalLM
+    from nanoflow_compiler.search import auto
+
+    lead = search_bucket(make_chain(["gemm", "attn"]), 1024, TableCostModel(make_db(0)), model="m", granularity=64,
+                         confirm=lambda p: 0 if p.sequential else 1)
+    assert lead.sequential and lead.cost_source == "profile"
+    asked = []
+    monkeypatch.setattr(auto, "load_plan_for", lambda config, bucket, *rest: asked.append(bucket) or lead)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        options, notes, source = auto.auto_options(_named_shapes(LlamaForCausalLM(tiny_config())), [256, 1024, 512])
+    assert asked == [1024] and notes == [] and source == "profile"
+    assert options["overlap"] is False and options["token_buckets"] == [256, 512, 1024]
+
+
 def test_auto_options_declines_graphs_of_another_form():
     from nanoflow_compiler.search.auto import auto_options
 
