@@ -8,7 +8,8 @@ request with a 1008-token cached prefix: a mostly-decode dense batch as NanoFlow
 `--layers N` runs N such layers (shared weights, one KV cache each) and reports time per layer: as in NanoFlow,
 nano-batch i of layer l+1 starts as soon as its own layer-l output exists, so the pipeline fill and drain of a lone
 layer (attention of the first nano-batch with an idle COMPUTE stream, the last MLP with an idle MEMORY stream) is
-paid once per N layers, not once per layer. `--layers 1` measures the lone layer.
+paid once per N layers, not once per layer. `--layers 1` measures the lone layer. `--fuse-light` runs the LIGHT ops (RMSNorm with its residual add, rotary,
+SiLU * mul) as torch.compile'd kernels, one launch each, as the runtime's fused LIGHT groups do, in both schedules.
 
     python benchmarks/layer_overlap.py --ctx 1024 512 --splits 96 88 --nano 2 4 --layers 1 4
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from types import SimpleNamespace
 
 import torch
 from decode_batch import PAGE, mostly_decode_batch
@@ -33,8 +35,9 @@ class Stack:
     """Weights (shared by the layers), one KV cache per layer, one batch; `pre`/`attn`/`post` run one layer's ops
     on one nano-batch's token range [s, e). Activations are kept per (layer, nano-batch start)."""
 
-    def __init__(self, ctx: int, layers: int, seed: int = 0):
+    def __init__(self, ctx: int, layers: int, light: SimpleNamespace, seed: int = 0):
         g = torch.Generator(device="cuda").manual_seed(seed)
+        self.light = light
         bf = dict(device="cuda", dtype=torch.bfloat16)
         self.layers = layers
         self.wqkv = torch.randn(HQ * D + 2 * HKV * D, H, generator=g, **bf) / H ** 0.5
@@ -60,10 +63,10 @@ class Stack:
 
     def pre(self, layer, s, e, use_cublas=False):
         x = self.x[s:e] if layer == 0 else self.out[layer - 1, s]
-        qkv = self.mm(rmsnorm(x, self.ln1), self.wqkv, use_cublas)
+        qkv = self.mm(self.light.rmsnorm(x, self.ln1), self.wqkv, use_cublas)
         n = e - s
-        q = rope(qkv[:, : HQ * D].view(n, HQ, D), self.cos[s:e], self.sin[s:e])
-        k = rope(qkv[:, HQ * D: (HQ + HKV) * D].view(n, HKV, D), self.cos[s:e], self.sin[s:e])
+        q = self.light.rope(qkv[:, : HQ * D].view(n, HQ, D), self.cos[s:e], self.sin[s:e])
+        k = self.light.rope(qkv[:, HQ * D: (HQ + HKV) * D].view(n, HKV, D), self.cos[s:e], self.sin[s:e])
         v = qkv[:, (HQ + HKV) * D:].view(n, HKV, D)
         dispatch.kv_append(k, v, *self.caches[layer], self.slots[s:e])
         self.q[layer, s] = q
@@ -74,9 +77,10 @@ class Stack:
 
     def post(self, layer, s, e, use_cublas=False):
         x = self.x[s:e] if layer == 0 else self.out[layer - 1, s]
-        x1 = x + self.mm(self.attn_out[layer, s].view(e - s, HQ * D), self.wo, use_cublas)
-        gu = self.mm(rmsnorm(x1, self.ln2), self.wgu, use_cublas)
-        self.out[layer, s] = x1 + self.mm(torch.nn.functional.silu(gu[:, :FF]) * gu[:, FF:], self.wd, use_cublas)
+        x1, h = self.light.add_rmsnorm(x, self.mm(self.attn_out[layer, s].view(e - s, HQ * D), self.wo, use_cublas),
+                                       self.ln2)
+        gu = self.mm(h, self.wgu, use_cublas)
+        self.out[layer, s] = x1 + self.mm(self.light.silu_mul(gu), self.wd, use_cublas)
 
 
 def rmsnorm(x, w):
@@ -84,10 +88,25 @@ def rmsnorm(x, w):
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype) * w
 
 
+def add_rmsnorm(x, y, w):
+    s = x + y
+    return s, rmsnorm(s, w)
+
+
 def rope(x, cos, sin):
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     c, s = cos[:, None], sin[:, None]
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def silu_mul(gu):
+    return torch.nn.functional.silu(gu[:, :FF]) * gu[:, FF:]
+
+
+def light_ops(fuse: bool) -> SimpleNamespace:
+    """The LIGHT ops, eager (several kernels each) or torch.compile'd (one kernel each)."""
+    ops = {"rmsnorm": rmsnorm, "add_rmsnorm": add_rmsnorm, "rope": rope, "silu_mul": silu_mul}
+    return SimpleNamespace(**{k: torch.compile(f, dynamic=False) if fuse else f for k, f in ops.items()})
 
 
 def bounds(nano: int) -> list[tuple[int, int]]:
@@ -170,13 +189,14 @@ def main() -> None:
     ap.add_argument("--splits", type=int, nargs="+", default=[96, 88, 80, 72, 64], help="COMPUTE SMs; MEMORY = the rest")
     ap.add_argument("--nano", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--fuse-light", action="store_true", help="torch.compile the LIGHT ops (one kernel each)")
     ap.add_argument("--name", default="layer_overlap")
     args = ap.parse_args()
     total = partitions.sm_layout().total_sms
     split_parts = {c: partitions.make_partitions({"COMPUTE": c, "MEMORY": total - c}) for c in args.splits}
     runs = []
     for ctx, layers in itertools.product(args.ctx, args.layers):
-        stack = Stack(ctx, layers)
+        stack = Stack(ctx, layers, light_ops(args.fuse_light))
         seq = {k: time_graph(capture(sequential(stack, k == "cublas"))) / layers for k in ("triton", "cublas")}
         best_seq = min(seq.values())
         print(f"ctx {ctx}, {layers} layer(s): sequential one stream, per layer: triton GEMMs {seq['triton']:.3f} ms, "
@@ -208,6 +228,7 @@ def main() -> None:
             best[key] = r
     write_json(args.name, {"env": environment(), "tokens": T, "decode_tokens": N_DECODE, "prefill_chunk": CHUNK,
                            "route": "disjoint SM partitions (driver green contexts) + SM-aware Triton kernels",
+                           "light_ops": "torch.compile'd" if args.fuse_light else "eager",
                            "runs": runs, "best": best})
     print("== best per (context, layers) ==")
     for key, r in best.items():
