@@ -8,7 +8,9 @@ request with a 1008-token cached prefix: a mostly-decode dense batch as NanoFlow
 `--layers N` runs N such layers (shared weights, one KV cache each) and reports time per layer: as in NanoFlow,
 nano-batch i of layer l+1 starts as soon as its own layer-l output exists, so the pipeline fill and drain of a lone
 layer (attention of the first nano-batch with an idle COMPUTE stream, the last MLP with an idle MEMORY stream) is
-paid once per N layers, not once per layer. `--layers 1` measures the lone layer. `--fuse-light` runs the LIGHT ops (RMSNorm with its residual add, rotary,
+paid once per N layers, not once per layer. `--layers 1` measures the lone layer. Each timed graph also replays for `--dram-seconds` under NVML's DRAM-bandwidth
+meter: utilisation x time, set beside each stream alone, shows whether co-running moved more bytes or moved them
+slower. `--fuse-light` runs the LIGHT ops (RMSNorm with its residual add, rotary,
 SiLU * mul) as torch.compile'd kernels, one launch each, as the runtime's fused LIGHT groups do, in both schedules.
 
     python benchmarks/layer_overlap.py --ctx 1024 512 --splits 96 88 --nano 2 4 --layers 1 4
@@ -24,6 +26,7 @@ import torch
 from decode_batch import PAGE, mostly_decode_batch
 from gpu_timing import capture, environment, time_graph, write_json
 
+from nanoflow_compiler.bench.dram import dram_utilisation
 from nanoflow_compiler.runtime import partitions
 from nanoflow_compiler.runtime.kernels import dispatch, gemm
 
@@ -172,6 +175,18 @@ def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both"):
     return body
 
 
+def timed(graph: torch.cuda.CUDAGraph, layers: int, dram_seconds: float) -> tuple[float, dict]:
+    """Milliseconds per layer, and the DRAM bandwidth used while the graph replays back to back (NVML GPM)."""
+    ms = time_graph(graph) / layers
+    if dram_seconds <= 0:
+        return ms, {"unavailable": "--dram-seconds 0"}
+    return ms, dram_utilisation(lambda: (graph.replay(), torch.cuda.synchronize()), dram_seconds)
+
+
+def dram_text(dram: dict) -> str:
+    return f"DRAM {dram['dram_bw_util_pct']:.0f}%" if "dram_bw_util_pct" in dram else "DRAM n/a"
+
+
 def check_equal(stack: Stack, comp, mem, nano: int) -> float:
     """Overlapped and sequential runs must compute the same output of the last layer."""
     last = stack.layers - 1
@@ -190,6 +205,7 @@ def main() -> None:
     ap.add_argument("--nano", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--fuse-light", action="store_true", help="torch.compile the LIGHT ops (one kernel each)")
+    ap.add_argument("--dram-seconds", type=float, default=0.3, help="replay time under the DRAM meter (0: off)")
     ap.add_argument("--name", default="layer_overlap")
     args = ap.parse_args()
     total = partitions.sm_layout().total_sms
@@ -197,27 +213,32 @@ def main() -> None:
     runs = []
     for ctx, layers in itertools.product(args.ctx, args.layers):
         stack = Stack(ctx, layers, light_ops(args.fuse_light))
-        seq = {k: time_graph(capture(sequential(stack, k == "cublas"))) / layers for k in ("triton", "cublas")}
+        seq, seq_dram = {}, {}
+        for k in ("triton", "cublas"):
+            seq[k], seq_dram[k] = timed(capture(sequential(stack, k == "cublas")), layers, args.dram_seconds)
         best_seq = min(seq.values())
-        print(f"ctx {ctx}, {layers} layer(s): sequential one stream, per layer: triton GEMMs {seq['triton']:.3f} ms, "
-              f"cuBLAS {seq['cublas']:.3f} ms", flush=True)
+        print(f"ctx {ctx}, {layers} layer(s): sequential one stream, per layer: triton GEMMs {seq['triton']:.3f} ms "
+              f"({dram_text(seq_dram['triton'])}), cuBLAS {seq['cublas']:.3f} ms", flush=True)
         runs.append({"ctx": ctx, "layers": layers, "kv_bytes_per_layer": stack.kv_bytes,
-                     "gemm_flops_per_layer": stack.flops, **{f"seq_{k}_ms_per_layer": v for k, v in seq.items()}})
+                     "gemm_flops_per_layer": stack.flops, **{f"seq_{k}_ms_per_layer": v for k, v in seq.items()},
+                     **{f"seq_{k}_dram": v for k, v in seq_dram.items()}})
         for comp_sms, nano in itertools.product(args.splits, args.nano):
             comp, mem = split_parts[comp_sms]["COMPUTE"], split_parts[comp_sms]["MEMORY"]
             err = check_equal(stack, comp, mem, nano)
-            t = {w: time_graph(capture(overlapped(stack, comp, mem, nano, w))) / layers
-                 for w in ("compute", "memory", "both")}
+            t, dram = {}, {}
+            for w in ("compute", "memory", "both"):
+                t[w], dram[w] = timed(capture(overlapped(stack, comp, mem, nano, w)), layers, args.dram_seconds)
             row = {"ctx": ctx, "layers": layers, "compute_sms": comp_sms, "memory_sms": mem.num_sms,
                    "nano_batches": nano, "disjoint": comp.disjoint, "seq_best_ms_per_layer": best_seq,
                    "compute_alone_ms_per_layer": t["compute"], "memory_alone_ms_per_layer": t["memory"],
                    "overlapped_ms_per_layer": t["both"], "speedup_vs_best_sequential": best_seq / t["both"],
                    "together_over_slowest_alone": t["both"] / max(t["compute"], t["memory"]),
-                   "rel_err_vs_sequential": err}
+                   "rel_err_vs_sequential": err, **{f"{w}_dram": v for w, v in dram.items()}}
             runs.append(row)
-            print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano}: per layer compute alone {t['compute']:.3f}  memory "
-                  f"alone {t['memory']:.3f}  together {t['both']:.3f} ms -> {row['speedup_vs_best_sequential']:.2f}x "
-                  f"(err {err:.1e})", flush=True)
+            print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano}: per layer compute alone {t['compute']:.3f} "
+                  f"({dram_text(dram['compute'])})  memory alone {t['memory']:.3f} ({dram_text(dram['memory'])})  "
+                  f"together {t['both']:.3f} ms ({dram_text(dram['both'])}) -> "
+                  f"{row['speedup_vs_best_sequential']:.2f}x (err {err:.1e})", flush=True)
         del stack
         torch.cuda.empty_cache()
     best = {}

@@ -1,0 +1,49 @@
+"""DRAM bandwidth the GPU delivered while a piece of work ran, from NVML's GPU Performance Monitoring (Hopper on).
+
+Why: two streams co-running on disjoint SM partitions slow each other. Whether their DRAM traffic grew (tiles missing
+in L2) or HBM delivered the same bytes less efficiently (mixed streams) shows in the utilisation it reports while
+they run, set beside each stream alone: utilisation x time is proportional to the bytes moved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def dram_utilisation(work: Callable[[], None], seconds: float = 0.3, device_index: int = 0, nvml=None) -> dict:
+    """Run `work` (which must finish its GPU work before returning) again and again for about `seconds`, and return
+    {"dram_bw_util_pct", "seconds", "runs"}: the DRAM bandwidth used, in percent of the peak, over that time. Where
+    NVML or its GPM metrics are missing: {"unavailable": reason}, and `work` does not run."""
+    try:
+        if nvml is None:
+            import pynvml as nvml  # provided by the nvidia-ml-py package
+        nvml.nvmlInit()
+        handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+        if not nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
+            return {"unavailable": "this GPU has no NVML GPM metrics (Hopper or later has)"}
+        first, second = nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()
+    except ImportError:
+        return {"unavailable": "nvidia-ml-py is not installed (pip install nvidia-ml-py)"}
+    except Exception as e:  # NVMLError_*: no driver, no GPU, not supported
+        return {"unavailable": f"NVML GPM unavailable: {type(e).__name__}: {e}"}
+    try:
+        nvml.nvmlGpmSampleGet(handle, first)
+        start, runs = time.perf_counter(), 0
+        while runs == 0 or time.perf_counter() - start < seconds:
+            work()
+            runs += 1
+        elapsed = time.perf_counter() - start
+        nvml.nvmlGpmSampleGet(handle, second)
+        query = nvml.c_nvmlGpmMetricsGet_t()
+        query.version = nvml.NVML_GPM_METRICS_GET_VERSION
+        query.numMetrics = 1
+        query.sample1, query.sample2 = first, second
+        query.metrics[0].metricId = nvml.NVML_GPM_METRIC_DRAM_BW_UTIL
+        nvml.nvmlGpmMetricsGet(query)
+        return {"dram_bw_util_pct": float(query.metrics[0].value), "seconds": elapsed, "runs": runs}
+    except Exception as e:  # a metric the driver refuses: the benchmark's timings still stand
+        return {"unavailable": f"NVML GPM query failed: {type(e).__name__}: {e}"}
+    finally:
+        for sample in (first, second):
+            nvml.nvmlGpmSampleFree(sample)
