@@ -15,7 +15,9 @@ pack() {  # this job's files only: unpacking never overwrites another job's file
 
 install() {  # pip install -e . unless this copy is the installed one; two jobs starting at once take turns
   local log=$R/install_$NAME.log
-  if "$PY" -c "import nanoflow_compiler, sys; sys.exit(not nanoflow_compiler.__file__.startswith('$PWD'))" 2>/dev/null
+  # -I: without it the check imports ./nanoflow_compiler from the working directory, which looks installed but is not
+  # (its runtime subpackage comes from the install's package-dir mapping), and the steps then fail to import it
+  if "$PY" -I -c "import nanoflow_compiler, sys; sys.exit(not nanoflow_compiler.__file__.startswith('$PWD'))" 2>/dev/null
   then return 0; fi
   flock /tmp/nanoflow_install.lock "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1 \
     || { note "pip install -e . failed: see $log"; PACKED+=("$log"); pack; exit 1; }
