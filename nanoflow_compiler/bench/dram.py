@@ -10,22 +10,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from .telemetry import NvmlUnavailable, open_nvml
+
 
 def dram_utilisation(work: Callable[[], None], seconds: float = 0.3, device_index: int = 0, nvml=None) -> dict:
     """Run `work` (which must finish its GPU work before returning) again and again for about `seconds`, and return
     {"dram_bw_util_pct", "seconds", "runs"}: the DRAM bandwidth used, in percent of the peak, over that time. Where
     NVML or its GPM metrics are missing: {"unavailable": reason}, and `work` does not run."""
     try:
-        if nvml is None:
-            import pynvml as nvml  # provided by the nvidia-ml-py package
-        nvml.nvmlInit()
-        handle = nvml.nvmlDeviceGetHandleByIndex(device_index)
+        nvml, handle = open_nvml(device_index, nvml)
+    except NvmlUnavailable as e:
+        return {"unavailable": str(e)}
+    try:
+        return _measure(nvml, handle, work, seconds)
+    finally:
+        nvml.nvmlShutdown()  # nvmlInit counts its callers
+
+
+def _measure(nvml, handle, work: Callable[[], None], seconds: float) -> dict:
+    try:
         if not nvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
             return {"unavailable": "this GPU has no NVML GPM metrics (Hopper or later has)"}
         first, second = nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()
-    except ImportError:
-        return {"unavailable": "nvidia-ml-py is not installed (pip install nvidia-ml-py)"}
-    except Exception as e:  # NVMLError_*: no driver, no GPU, not supported
+    except Exception as e:  # NVMLError_NotSupported and the like: an older driver
         return {"unavailable": f"NVML GPM unavailable: {type(e).__name__}: {e}"}
     try:
         nvml.nvmlGpmSampleGet(handle, first)

@@ -15,6 +15,23 @@ MAX_KEPT_SAMPLES = 600  # keeps the JSON small on long runs; summaries use every
 METRICS = ("sm_clock_mhz", "memory_used_mib", "power_w", "gpu_util_pct", "memory_util_pct")
 
 
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot be used here; the message says why (for the result JSON)."""
+
+
+def open_nvml(device_index: int = 0, nvml=None):
+    """(the pynvml module, the device's handle), or NvmlUnavailable with the reason: no nvidia-ml-py, no driver."""
+    try:
+        if nvml is None:
+            import pynvml as nvml  # provided by the nvidia-ml-py package
+        nvml.nvmlInit()
+        return nvml, nvml.nvmlDeviceGetHandleByIndex(device_index)
+    except ImportError:
+        raise NvmlUnavailable("nvidia-ml-py is not installed (pip install nvidia-ml-py)") from None
+    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...: a machine without an NVIDIA GPU
+        raise NvmlUnavailable(f"NVML unavailable: {type(e).__name__}: {e}") from e
+
+
 class Telemetry:
     """Use as a context manager around the timed region; `summary()` afterwards gives what the JSON stores."""
 
@@ -53,19 +70,16 @@ class Telemetry:
             self.unavailable_reason = "disabled (--no-telemetry)"
             return
         try:
-            nvml = self._nvml
-            if nvml is None:
-                import pynvml as nvml  # provided by the nvidia-ml-py package
-            nvml.nvmlInit()
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
-            name = nvml.nvmlDeviceGetName(self._handle)
-            self.device_name = name.decode() if isinstance(name, bytes) else str(name)
-            self._nvml = nvml
-        except ImportError:
-            self.unavailable_reason = "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-        except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...: a machine without an NVIDIA GPU
+            nvml, handle = open_nvml(self.device_index, self._nvml)
+            name = nvml.nvmlDeviceGetName(handle)
+        except NvmlUnavailable as e:
+            self.unavailable_reason = str(e)
+            return
+        except Exception as e:  # the name query failed: the device is not usable either
             self.unavailable_reason = f"NVML unavailable: {type(e).__name__}: {e}"
-            self._handle = None
+            return
+        self._nvml, self._handle = nvml, handle
+        self.device_name = name.decode() if isinstance(name, bytes) else str(name)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -13,10 +13,13 @@ class FakeGPM:
 
     def __init__(self, supported: bool = True, fail_query: bool = False):
         self.supported, self.fail_query = supported, fail_query
-        self.samples_taken, self.freed = [], []
+        self.samples_taken, self.freed, self.open = [], [], 0
 
     def nvmlInit(self):
-        pass
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
 
     def nvmlDeviceGetHandleByIndex(self, i):
         return ("gpu", i)
@@ -50,7 +53,7 @@ def test_runs_the_work_for_the_time_asked_between_two_samples_and_frees_them():
     nvml, runs = FakeGPM(), []
     res = dram_utilisation(lambda: runs.append(1), seconds=0.02, nvml=nvml)
     assert res["dram_bw_util_pct"] == 62.5 and res["runs"] == len(runs) >= 1 and res["seconds"] >= 0.02
-    assert len(nvml.samples_taken) == 2 and nvml.freed == nvml.samples_taken
+    assert len(nvml.samples_taken) == 2 and nvml.freed == nvml.samples_taken and nvml.open == 0
 
 
 def test_a_gpu_without_gpm_metrics_is_reported_and_the_work_not_run():
