@@ -8,10 +8,11 @@ request with a 1008-token cached prefix: a mostly-decode dense batch as NanoFlow
 `--layers N` runs N such layers (shared weights, one KV cache each) and reports time per layer: as in NanoFlow,
 nano-batch i of layer l+1 starts as soon as its own layer-l output exists, so the pipeline fill and drain of a lone
 layer (attention of the first nano-batch with an idle COMPUTE stream, the last MLP with an idle MEMORY stream) is
-paid once per N layers, not once per layer. `--layers 1` measures the lone layer. Each timed graph also replays for `--dram-seconds` under NVML's DRAM-bandwidth
-meter: utilisation x time, set beside each stream alone, shows whether co-running moved more bytes or moved them
-slower. `--fuse-light` runs the LIGHT ops (RMSNorm with its residual add, rotary,
-SiLU * mul) as torch.compile'd kernels, one launch each, as the runtime's fused LIGHT groups do, in both schedules.
+paid once per N layers, not once per layer. `--layers 1` measures the lone layer. Each timed graph also replays
+for `--dram-seconds` under NVML's DRAM-bandwidth meter: utilisation x time, set beside each stream alone, shows
+whether co-running moved more bytes or moved them slower. `--fuse-light` runs the LIGHT ops (RMSNorm with its
+residual add, rotary, SiLU * mul) as torch.compile'd kernels, one launch each, as the runtime's fused LIGHT groups
+do, in both schedules.
 
     python benchmarks/layer_overlap.py --ctx 1024 512 --splits 96 88 --nano 2 4 --layers 1 4
 """
