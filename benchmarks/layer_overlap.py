@@ -202,7 +202,8 @@ def check_equal(stack: Stack, comp, mem, nano: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--ctx", type=int, nargs="+", default=[1024, 512])
-    ap.add_argument("--splits", type=int, nargs="+", default=[96, 88, 80, 72, 64], help="COMPUTE SMs; MEMORY = the rest")
+    ap.add_argument("--splits", type=int, nargs="+", default=[96, 88, 80, 72, 64],
+                    help="COMPUTE SMs; MEMORY = the rest")
     ap.add_argument("--nano", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--fuse-light", action="store_true", help="torch.compile the LIGHT ops (one kernel each)")
