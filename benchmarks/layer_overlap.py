@@ -130,19 +130,20 @@ def sequential(stack: Stack, use_cublas: bool):
 def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both"):
     """COMPUTE: pre(0, all i); then per layer l and nano-batch i: post(l, i) once attn(l, i) is done, then
     pre(l+1, i) right away. MEMORY: attn(l, i) once pre(l, i) is done. `which` = compute|memory runs one stream's
-    ops alone (no cross-stream waits; inputs from an earlier full run), for the interference numbers."""
+    ops alone (no cross-stream waits; inputs from an earlier full run), `free` both streams' ops at once without the
+    waits: together against `free` is what the dependencies cost, `free` against each alone what interference costs."""
     rng = bounds(nano)
 
     def body():
         cur = torch.cuda.current_stream()
         comp.stream.wait_stream(cur)
         mem.stream.wait_stream(cur)
-        if which == "memory":
+        if which in ("memory", "free"):
             with torch.cuda.stream(mem.stream):
                 for layer in range(stack.layers):
                     for s, e in rng:
                         stack.attn(layer, s, e)
-        else:
+        if which != "memory":
             pre_done, attn_done = {}, {}
 
             def pre(layer, s, e):
@@ -185,7 +186,9 @@ def timed(graph: torch.cuda.CUDAGraph, layers: int, dram_seconds: float) -> tupl
 
 
 def dram_text(dram: dict) -> str:
-    return f"DRAM {dram['dram_bw_util_pct']:.0f}%" if "dram_bw_util_pct" in dram else "DRAM n/a"
+    if "dram_bw_util_pct" not in dram:
+        return "DRAM n/a"
+    return f"DRAM {dram['dram_bw_util_pct']:.0f}%, {dram['sm_clock_mhz']:.0f} MHz, {dram['power_w']:.0f} W"
 
 
 def check_equal(stack: Stack, comp, mem, nano: int) -> float:
@@ -228,17 +231,19 @@ def main() -> None:
             comp, mem = split_parts[comp_sms]["COMPUTE"], split_parts[comp_sms]["MEMORY"]
             err = check_equal(stack, comp, mem, nano)
             t, dram = {}, {}
-            for w in ("compute", "memory", "both"):
+            for w in ("compute", "memory", "free", "both"):
                 t[w], dram[w] = timed(capture(overlapped(stack, comp, mem, nano, w)), layers, args.dram_seconds)
             row = {"ctx": ctx, "layers": layers, "compute_sms": comp_sms, "memory_sms": mem.num_sms,
                    "nano_batches": nano, "disjoint": comp.disjoint, "seq_best_ms_per_layer": best_seq,
                    "compute_alone_ms_per_layer": t["compute"], "memory_alone_ms_per_layer": t["memory"],
-                   "overlapped_ms_per_layer": t["both"], "speedup_vs_best_sequential": best_seq / t["both"],
+                   "free_ms_per_layer": t["free"], "overlapped_ms_per_layer": t["both"],
+                   "speedup_vs_best_sequential": best_seq / t["both"],
                    "together_over_slowest_alone": t["both"] / max(t["compute"], t["memory"]),
                    "rel_err_vs_sequential": err, **{f"{w}_dram": v for w, v in dram.items()}}
             runs.append(row)
             print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano}: per layer compute alone {t['compute']:.3f} "
                   f"({dram_text(dram['compute'])})  memory alone {t['memory']:.3f} ({dram_text(dram['memory'])})  "
+                  f"without waits {t['free']:.3f} ({dram_text(dram['free'])})  "
                   f"together {t['both']:.3f} ms ({dram_text(dram['both'])}) -> "
                   f"{row['speedup_vs_best_sequential']:.2f}x (err {err:.1e})", flush=True)
         del stack

@@ -1,8 +1,10 @@
-"""DRAM bandwidth the GPU delivered while a piece of work ran, from NVML's GPU Performance Monitoring (Hopper on).
+"""DRAM bandwidth the GPU delivered while a piece of work ran, from NVML's GPU Performance Monitoring (Hopper on),
+with the SM clock and board power it ran at.
 
 Why: two streams co-running on disjoint SM partitions slow each other. Whether their DRAM traffic grew (tiles missing
 in L2) or HBM delivered the same bytes less efficiently (mixed streams) shows in the utilisation it reports while
-they run, set beside each stream alone: utilisation x time is proportional to the bytes moved.
+they run, set beside each stream alone: utilisation x time is proportional to the bytes moved. The third
+explanation, a power cap that lowers the clock when tensor cores and HBM are busy at once, shows in the clock.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from .telemetry import NvmlUnavailable, open_nvml
 
 def dram_utilisation(work: Callable[[], None], seconds: float = 0.3, device_index: int = 0, nvml=None) -> dict:
     """Run `work` (which must finish its GPU work before returning) again and again for about `seconds`, and return
-    {"dram_bw_util_pct", "seconds", "runs"}: the DRAM bandwidth used, in percent of the peak, over that time. Where
-    NVML or its GPM metrics are missing: {"unavailable": reason}, and `work` does not run."""
+    {"dram_bw_util_pct", "sm_clock_mhz", "power_w", "clock_event_reasons", "seconds", "runs"}: the DRAM bandwidth
+    used, in percent of the peak, over that time; the SM clock and power read after each run (means), and the
+    reasons NVML gave for holding the clock down (bitmask, OR of every read). Where NVML or its GPM metrics are
+    missing: {"unavailable": reason}, and `work` does not run."""
     try:
         nvml, handle = open_nvml(device_index, nvml)
     except NvmlUnavailable as e:
@@ -36,10 +40,13 @@ def _measure(nvml, handle, work: Callable[[], None], seconds: float) -> dict:
         return {"unavailable": f"NVML GPM unavailable: {type(e).__name__}: {e}"}
     try:
         nvml.nvmlGpmSampleGet(handle, first)
-        start, runs = time.perf_counter(), 0
+        start, runs, clocks, watts, reasons = time.perf_counter(), 0, [], [], 0
         while runs == 0 or time.perf_counter() - start < seconds:
             work()
             runs += 1
+            clocks.append(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+            watts.append(nvml.nvmlDeviceGetPowerUsage(handle) / 1000)
+            reasons |= nvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
         elapsed = time.perf_counter() - start
         nvml.nvmlGpmSampleGet(handle, second)
         query = nvml.c_nvmlGpmMetricsGet_t()
@@ -48,7 +55,8 @@ def _measure(nvml, handle, work: Callable[[], None], seconds: float) -> dict:
         query.sample1, query.sample2 = first, second
         query.metrics[0].metricId = nvml.NVML_GPM_METRIC_DRAM_BW_UTIL
         nvml.nvmlGpmMetricsGet(query)
-        return {"dram_bw_util_pct": float(query.metrics[0].value), "seconds": elapsed, "runs": runs}
+        return {"dram_bw_util_pct": float(query.metrics[0].value), "sm_clock_mhz": sum(clocks) / runs,
+                "power_w": sum(watts) / runs, "clock_event_reasons": hex(reasons), "seconds": elapsed, "runs": runs}
     except Exception as e:  # a metric the driver refuses: the benchmark's timings still stand
         return {"unavailable": f"NVML GPM query failed: {type(e).__name__}: {e}"}
     finally:

@@ -10,6 +10,7 @@ class FakeGPM:
 
     NVML_GPM_METRICS_GET_VERSION = 1
     NVML_GPM_METRIC_DRAM_BW_UTIL = 10
+    NVML_CLOCK_SM = 1
 
     def __init__(self, supported: bool = True, fail_query: bool = False):
         self.supported, self.fail_query = supported, fail_query
@@ -23,6 +24,16 @@ class FakeGPM:
 
     def nvmlDeviceGetHandleByIndex(self, i):
         return ("gpu", i)
+
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        assert clock == self.NVML_CLOCK_SM
+        return 1755 if len(self.samples_taken) % 2 else 1980
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 650_000  # milliwatts
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):
+        return 0x4  # software power cap
 
     def nvmlGpmQueryDeviceSupport(self, handle):
         return SimpleNamespace(isSupportedDevice=int(self.supported))
@@ -53,6 +64,7 @@ def test_runs_the_work_for_the_time_asked_between_two_samples_and_frees_them():
     nvml, runs = FakeGPM(), []
     res = dram_utilisation(lambda: runs.append(1), seconds=0.02, nvml=nvml)
     assert res["dram_bw_util_pct"] == 62.5 and res["runs"] == len(runs) >= 1 and res["seconds"] >= 0.02
+    assert res["sm_clock_mhz"] == 1755 and res["power_w"] == 650 and res["clock_event_reasons"] == "0x4"
     assert len(nvml.samples_taken) == 2 and nvml.freed == nvml.samples_taken and nvml.open == 0
 
 
