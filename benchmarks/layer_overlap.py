@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 from types import SimpleNamespace
 
 import torch
 from decode_batch import PAGE, mostly_decode_batch
-from gpu_timing import capture, environment, time_graph, write_json
+from gpu_timing import capture, environment, stamp, time_graph, write_json
 
 from nanoflow_compiler.bench.dram import dram_utilisation
 from nanoflow_compiler.runtime import partitions
@@ -127,15 +128,18 @@ def sequential(stack: Stack, use_cublas: bool):
     return body
 
 
-def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both"):
+def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both", stamps: torch.Tensor | None = None):
     """COMPUTE: pre(0, all i); then per layer l and nano-batch i: post(l, i) once attn(l, i) is done, then
     pre(l+1, i) right away. MEMORY: attn(l, i) once pre(l, i) is done. `which` = compute|memory runs one stream's
     ops alone (no cross-stream waits; inputs from an earlier full run), `free` both streams' ops at once without the
-    waits: together against `free` is what the dependencies cost, `free` against each alone what interference costs."""
+    waits: together against `free` is what the dependencies cost, `free` against each alone what interference costs.
+    `stamps` (int64 [3]) gets GPU timestamps: start, COMPUTE's last op done, MEMORY's last op done."""
     rng = bounds(nano)
 
     def body():
         cur = torch.cuda.current_stream()
+        if stamps is not None:
+            stamp(stamps, 0)
         comp.stream.wait_stream(cur)
         mem.stream.wait_stream(cur)
         if which in ("memory", "free"):
@@ -143,6 +147,8 @@ def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both"):
                 for layer in range(stack.layers):
                     for s, e in rng:
                         stack.attn(layer, s, e)
+                if stamps is not None:
+                    stamp(stamps, 2)
         if which != "memory":
             pre_done, attn_done = {}, {}
 
@@ -172,6 +178,11 @@ def overlapped(stack: Stack, comp, mem, nano: int, which: str = "both"):
                         stack.post(layer, s, e)
                         if layer + 1 < stack.layers:
                             pre(layer + 1, s, e)
+                if stamps is not None:
+                    stamp(stamps, 1)
+            if stamps is not None and which == "both":
+                with torch.cuda.stream(mem.stream):
+                    stamp(stamps, 2)
         cur.wait_stream(comp.stream)
         cur.wait_stream(mem.stream)
     return body
@@ -183,6 +194,19 @@ def timed(graph: torch.cuda.CUDAGraph, layers: int, dram_seconds: float) -> tupl
     if dram_seconds <= 0:
         return ms, {"unavailable": "--dram-seconds 0"}
     return ms, dram_utilisation(lambda: (graph.replay(), torch.cuda.synchronize()), dram_seconds)
+
+
+def stream_ms(graph: torch.cuda.CUDAGraph, stamps: torch.Tensor, layers: int, replays: int = 9) -> dict:
+    """Per layer, when each stream finished its last op after the graph started (median over replays): which
+    stream co-running slowed, and by how much against its time alone."""
+    ends = []
+    for _ in range(replays):
+        graph.replay()
+        torch.cuda.synchronize()
+        t0, comp_end, mem_end = stamps.tolist()
+        ends.append(((comp_end - t0) / 1e6 / layers, (mem_end - t0) / 1e6 / layers))
+    return {"compute_done_ms_per_layer": statistics.median(c for c, _ in ends),
+            "memory_done_ms_per_layer": statistics.median(m for _, m in ends)}
 
 
 def dram_text(dram: dict) -> str:
@@ -230,22 +254,30 @@ def main() -> None:
         for comp_sms, nano in itertools.product(args.splits, args.nano):
             comp, mem = split_parts[comp_sms]["COMPUTE"], split_parts[comp_sms]["MEMORY"]
             err = check_equal(stack, comp, mem, nano)
-            t, dram = {}, {}
+            t, dram, done = {}, {}, {}
             for w in ("compute", "memory", "free", "both"):
-                t[w], dram[w] = timed(capture(overlapped(stack, comp, mem, nano, w)), layers, args.dram_seconds)
+                stamps = torch.zeros(3, dtype=torch.int64, device="cuda") if w in ("free", "both") else None
+                graph = capture(overlapped(stack, comp, mem, nano, w, stamps))
+                t[w], dram[w] = timed(graph, layers, args.dram_seconds)
+                if stamps is not None:
+                    done[w] = stream_ms(graph, stamps, layers)
             row = {"ctx": ctx, "layers": layers, "compute_sms": comp_sms, "memory_sms": mem.num_sms,
                    "nano_batches": nano, "disjoint": comp.disjoint, "seq_best_ms_per_layer": best_seq,
                    "compute_alone_ms_per_layer": t["compute"], "memory_alone_ms_per_layer": t["memory"],
                    "free_ms_per_layer": t["free"], "overlapped_ms_per_layer": t["both"],
                    "speedup_vs_best_sequential": best_seq / t["both"],
                    "together_over_slowest_alone": t["both"] / max(t["compute"], t["memory"]),
-                   "rel_err_vs_sequential": err, **{f"{w}_dram": v for w, v in dram.items()}}
+                   "rel_err_vs_sequential": err, **{f"{w}_dram": v for w, v in dram.items()},
+                   **{f"{w}_streams": v for w, v in done.items()}}
             runs.append(row)
             print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano}: per layer compute alone {t['compute']:.3f} "
                   f"({dram_text(dram['compute'])})  memory alone {t['memory']:.3f} ({dram_text(dram['memory'])})  "
                   f"without waits {t['free']:.3f} ({dram_text(dram['free'])})  "
                   f"together {t['both']:.3f} ms ({dram_text(dram['both'])}) -> "
                   f"{row['speedup_vs_best_sequential']:.2f}x (err {err:.1e})", flush=True)
+            for w, d in done.items():
+                print(f"      {w}: COMPUTE done at {d['compute_done_ms_per_layer']:.3f}, MEMORY done at "
+                      f"{d['memory_done_ms_per_layer']:.3f} ms per layer", flush=True)
         del stack
         torch.cuda.empty_cache()
     best = {}
