@@ -9,6 +9,7 @@
 #   gpu-tests   pytest -m gpu (TESTS overrides the targets)
 #   kernels     benchmarks/kernel_bench.py (SWEEP=1 adds the tile sweep)
 #   layer       benchmarks/layer_overlap.py $LAYER_ARGS (hand-written two-stream layer)
+#   interference  benchmarks/interference.py $INTERFERENCE_ARGS: the layer's streams beside each other and stand-ins
 #   e2e         benchmarks/e2e_overlap.py $E2E_ARGS: engine greedy tokens and throughput, overlap on vs off (issue 5)
 #   gantt       benchmarks/layer_gantt.py: measured per-op timings of Llama-3-8B layers -> layer_timings.json + PNG
 #   search      benchmarks/search_vs_grid.py at 1024 and 2048 tokens (issue 6), told the time its box leaves
@@ -41,13 +42,14 @@ mkdir -p "$R"
 : >"$STATUS"
 PACKED=("$STATUS")
 
-declare -A BOX=([gpu-tests]=240 [kernels]=150 [layer]=240 [e2e]=300 [gantt]=150 [search]=420 [throughput]=270
-                [ablations]=130 [peers]=100 [optimal]=30 [latency]=120 [plots]=15)
+declare -A BOX=([gpu-tests]=240 [kernels]=150 [layer]=240 [interference]=120 [e2e]=300 [gantt]=150 [search]=420
+                [throughput]=270 [ablations]=130 [peers]=100 [optimal]=30 [latency]=120 [plots]=15)
 declare -A CMD_BOX=([throughput]=270 [ablations]=130 [peers]=60 [optimal]=15 [latency]=120 [plots]=10)
 declare -A FILES=(
   [gpu-tests]="log_gpu-tests.txt"
   [kernels]="log_kernels.txt kernels.json"
   [layer]="log_layer.txt layer_overlap.json"
+  [interference]="log_interference.txt interference.json"
   [e2e]="log_e2e.txt e2e_overlap.json"
   [gantt]="log_gantt.txt layer_timings.json gantt_layer.png"
   [search]="log_search.txt search_vs_grid.json"
@@ -72,6 +74,7 @@ command_for() {  # the command line of a step
     gpu-tests) echo "python -m pytest ${TESTS:--m gpu tests} -q -p no:cacheprovider" ;;
     kernels) echo "python benchmarks/kernel_bench.py ${SWEEP:+--sweep} --name kernels_$NAME" ;;
     layer) echo "python benchmarks/layer_overlap.py ${LAYER_ARGS:-} --name layer_overlap_$NAME" ;;
+    interference) echo "python benchmarks/interference.py ${INTERFERENCE_ARGS:-} --name interference_$NAME" ;;
     e2e) echo "python benchmarks/e2e_overlap.py ${E2E_ARGS:-} --name e2e_overlap_$NAME" ;;
     gantt) echo "python benchmarks/layer_gantt.py ${GANTT_ARGS:-} --output-dir $R" ;;
     search) echo "python benchmarks/search_vs_grid.py --buckets 1024 2048 ${SEARCH_ARGS:-} --output $R/search_vs_grid.json --time-budget" ;;
@@ -98,6 +101,8 @@ run_step() {
   case $step in  # gpu_timing.write_json writes to benchmarks/results/; keep this job's copy with the rest
     kernels) [ -f "benchmarks/results/kernels_$NAME.json" ] && mv "benchmarks/results/kernels_$NAME.json" "$R/kernels.json" ;;
     layer) [ -f "benchmarks/results/layer_overlap_$NAME.json" ] && mv "benchmarks/results/layer_overlap_$NAME.json" "$R/layer_overlap.json" ;;
+    interference) [ -f "benchmarks/results/interference_$NAME.json" ] &&
+        mv "benchmarks/results/interference_$NAME.json" "$R/interference.json" ;;
     e2e) [ -f "benchmarks/results/e2e_overlap_$NAME.json" ] && mv "benchmarks/results/e2e_overlap_$NAME.json" "$R/e2e_overlap.json" ;;
   esac
   tail -n 5 "$R/log_$step.txt"
@@ -107,7 +112,7 @@ run_step() {
 
 EXPANDED=${STEPS//bench/throughput ablations peers optimal plots}
 for step in $EXPANDED; do
-  [ -n "${FILES[$step]:-}" ] || { echo "unknown step '$step'; steps: gpu-tests kernels layer e2e gantt search bench ${!CMD_BOX[*]}" >&2; exit 2; }
+  [ -n "${FILES[$step]:-}" ] || { echo "unknown step '$step'; steps: gpu-tests kernels layer interference e2e gantt search bench ${!CMD_BOX[*]}" >&2; exit 2; }
 done
 note "job $NAME on GPU $GPU: $STEPS (commit $NANOFLOW_GIT_COMMIT, budget $JOB_BUDGET s)"
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,clocks.sm --format=csv,noheader -i "$GPU" 2>&1 | tee -a "$STATUS"

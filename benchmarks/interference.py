@@ -1,0 +1,125 @@
+"""Who slows whom when the layer's two streams co-run: the COMPUTE stream (nano-batched GEMMs and LIGHT ops of
+layer_overlap.py) and the MEMORY stream (its paged attention), each beside the other and beside a stand-in that
+keeps the other's kind but not its kernel:
+- for MEMORY, a device-to-device copy of the same bytes on the same SMs (what a plain streaming kernel does there);
+- for COMPUTE, as many FLOPs of GEMMs whose weight stays in L2 (tensor cores busy and drawing power, little DRAM).
+Each pair runs on disjoint SM partitions with no cross-stream waits, in one CUDA graph; GPU timestamps give when
+each stream finished, set beside its time alone. If COMPUTE slows as much beside the copy as beside attention, the
+loss belongs to HBM or to the power cap, not to our attention kernel; if attention slows as much beside
+L2-resident GEMMs, the clock (power) takes it, not the bytes.
+
+    python benchmarks/interference.py --ctx 512 --split 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Callable
+
+import torch
+from gpu_timing import capture, environment, stamp, write_json
+from layer_overlap import Stack, bounds, dram_text, light_ops, stream_ms, timed
+from nanoflow_compiler.runtime import partitions
+from nanoflow_compiler.runtime.kernels import gemm
+
+L2_GEMM = (512, 4096, 4096)  # M, N, K: a 32 MiB weight, resident in the H100's 50 MiB L2
+
+
+def layer_ops(stack: Stack, nano: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The COMPUTE and MEMORY streams' ops of layer_overlap's overlapped schedule, without the waits between them;
+    one eager pass in dependency order first, so that every op's inputs exist."""
+    rng = bounds(nano)
+    for layer, (s, e) in itertools.product(range(stack.layers), rng):
+        stack.pre(layer, s, e)
+        stack.attn(layer, s, e)
+        stack.post(layer, s, e)
+
+    def compute():
+        for s, e in rng:
+            stack.pre(0, s, e)
+        for layer in range(stack.layers):
+            for s, e in rng:
+                stack.post(layer, s, e)
+                if layer + 1 < stack.layers:
+                    stack.pre(layer + 1, s, e)
+
+    def memory():
+        for layer, (s, e) in itertools.product(range(stack.layers), rng):
+            stack.attn(layer, s, e)
+    return compute, memory
+
+
+def stand_ins(stack: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
+    """L2-resident GEMMs of the COMPUTE stream's FLOPs, and a copy moving the MEMORY stream's KV bytes."""
+    m, n, k = L2_GEMM
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    reps = round(stack.flops * stack.layers / (2 * m * n * k))
+    src = torch.empty(stack.kv_bytes * stack.layers // 4, device="cuda", dtype=torch.bfloat16)  # read + write
+    dst = torch.empty_like(src)
+
+    def l2_gemms():
+        for _ in range(reps):
+            gemm.sm_gemm(a, w, out=out)
+    return l2_gemms, lambda: dst.copy_(src)
+
+
+def pair(comp, mem, comp_fn, mem_fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """A graph running `comp_fn` on the COMPUTE partition and `mem_fn` on the MEMORY one (either may be None), with
+    timestamps: start, COMPUTE done, MEMORY done."""
+    stamps = torch.zeros(3, dtype=torch.int64, device="cuda")
+
+    def body():
+        cur = torch.cuda.current_stream()
+        stamp(stamps, 0)
+        for i, part, fn in ((1, comp, comp_fn), (2, mem, mem_fn)):
+            part.stream.wait_stream(cur)
+            with torch.cuda.stream(part.stream):
+                if fn is not None:
+                    fn()
+                stamp(stamps, i)
+        cur.wait_stream(comp.stream)
+        cur.wait_stream(mem.stream)
+    return capture(body), stamps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ctx", type=int, nargs="+", default=[512], help="decode context of the layer's batch")
+    ap.add_argument("--split", type=int, default=96, help="COMPUTE SMs; MEMORY = the rest")
+    ap.add_argument("--nano", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--dram-seconds", type=float, default=0.3)
+    ap.add_argument("--name", default="interference")
+    args = ap.parse_args()
+    total = partitions.sm_layout().total_sms
+    parts = partitions.make_partitions({"COMPUTE": args.split, "MEMORY": total - args.split})
+    comp, mem = parts["COMPUTE"], parts["MEMORY"]
+    rows = []
+    for ctx in args.ctx:
+        stack = Stack(ctx, args.layers, light_ops(True))
+        gemms, attention = layer_ops(stack, args.nano)
+        l2_gemms, copy = stand_ins(stack)
+        cases = {"gemms": (gemms, None), "attention": (None, attention), "l2_gemms": (l2_gemms, None),
+                 "copy": (None, copy), "gemms+attention": (gemms, attention), "gemms+copy": (gemms, copy),
+                 "l2_gemms+attention": (l2_gemms, attention), "l2_gemms+copy": (l2_gemms, copy)}
+        print(f"ctx {ctx}, {args.layers} layers, {comp.num_sms}/{mem.num_sms} SMs, nano={args.nano}: ms per layer",
+              flush=True)
+        for name, (comp_fn, mem_fn) in cases.items():
+            graph, stamps = pair(comp, mem, comp_fn, mem_fn)
+            ms, dram = timed(graph, args.layers, args.dram_seconds)
+            done = stream_ms(graph, stamps, args.layers)
+            rows.append({"ctx": ctx, "case": name, "ms_per_layer": ms, **done, "dram": dram})
+            print(f"  {name:20s} {ms:.3f}  COMPUTE done {done['compute_done_ms_per_layer']:.3f}  MEMORY done "
+                  f"{done['memory_done_ms_per_layer']:.3f}  ({dram_text(dram)})", flush=True)
+        del stack
+        torch.cuda.empty_cache()
+    write_json(args.name, {"env": environment(), "compute_sms": comp.num_sms, "memory_sms": mem.num_sms,
+                           "disjoint": comp.disjoint, "nano_batches": args.nano, "layers": args.layers,
+                           "l2_gemm_mnk": L2_GEMM, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
