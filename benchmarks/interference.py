@@ -1,12 +1,12 @@
 """Who slows whom when the layer's two streams co-run: the COMPUTE stream (nano-batched GEMMs and LIGHT ops of
 layer_overlap.py) and the MEMORY stream (its paged attention), each beside the other and beside a stand-in that
 keeps the other's kind but not its kernel:
-- for MEMORY, a device-to-device copy of the same bytes on the same SMs (what a plain streaming kernel does there);
+- for MEMORY, torch's sum over the same KV caches on the same SMs (what a plain streaming kernel does there);
 - for COMPUTE, as many FLOPs of GEMMs whose weight stays in L2 (tensor cores busy and drawing power, little DRAM).
 Each pair runs on disjoint SM partitions with no cross-stream waits, in one CUDA graph; GPU timestamps give when
-each stream finished, set beside its time alone. If COMPUTE slows as much beside the copy as beside attention, the
-loss belongs to HBM or to the power cap, not to our attention kernel; if attention slows as much beside
-L2-resident GEMMs, the clock (power) takes it, not the bytes.
+each stream finished, set beside its time alone. If COMPUTE slows as much beside the plain read as beside attention,
+the loss belongs to the shared memory system (L2, crossbar, HBM) or to the power cap, not to our attention kernel;
+if attention slows beside GEMMs that barely touch DRAM, HBM bandwidth is not what it lost.
 
     python benchmarks/interference.py --ctx 512 --split 96
 """
@@ -51,25 +51,25 @@ def layer_ops(stack: Stack, nano: int) -> tuple[Callable[[], None], Callable[[],
 
 
 def stand_ins(stack: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
-    """L2-resident GEMMs of the COMPUTE stream's FLOPs, and a copy moving the MEMORY stream's KV bytes."""
+    """L2-resident GEMMs of the COMPUTE stream's FLOPs, and a plain read of the MEMORY stream's KV bytes."""
     m, n, k = L2_GEMM
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     reps = round(stack.flops * stack.layers / (2 * m * n * k))
-    # one copy per layer, each reading and writing half a layer's KV bytes (a single copy of all layers' bytes,
-    # 2^31 elements at ctx 512, ran at a quarter of the speed)
-    src = torch.empty(stack.kv_bytes // 4, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
+    sums = torch.empty(stack.layers, 2, device="cuda", dtype=torch.float32)
 
     def l2_gemms():
         for _ in range(reps):
             gemm.sm_gemm(a, w, out=out)
 
-    def copy():
-        for _ in range(stack.layers):
-            dst.copy_(src)
-    return l2_gemms, copy
+    def read_kv():
+        """torch's sum over each layer's K and V caches: the attention's bytes, read by a plain streaming kernel.
+        (A copy of as many bytes was tried first: between two fresh 1 GB buffers it ran at 25% of HBM's peak.)"""
+        for layer, (k, v) in enumerate(stack.caches):
+            torch.sum(k.view(-1), dtype=torch.float32, out=sums[layer, 0])
+            torch.sum(v.view(-1), dtype=torch.float32, out=sums[layer, 1])
+    return l2_gemms, read_kv
 
 
 def pair(comp, mem, comp_fn, mem_fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
@@ -107,10 +107,11 @@ def main() -> None:
     for ctx in args.ctx:
         stack = Stack(ctx, args.layers, light_ops(True))
         gemms, attention = layer_ops(stack, args.nano)
-        l2_gemms, copy = stand_ins(stack)
+        l2_gemms, read_kv = stand_ins(stack)
         cases = {"gemms": (gemms, None), "attention": (None, attention), "l2_gemms": (l2_gemms, None),
-                 "copy": (None, copy), "gemms+attention": (gemms, attention), "gemms+copy": (gemms, copy),
-                 "l2_gemms+attention": (l2_gemms, attention), "l2_gemms+copy": (l2_gemms, copy)}
+                 "read_kv": (None, read_kv), "gemms+attention": (gemms, attention),
+                 "gemms+read_kv": (gemms, read_kv), "l2_gemms+attention": (l2_gemms, attention),
+                 "l2_gemms+read_kv": (l2_gemms, read_kv)}
         print(f"ctx {ctx}, {args.layers} layers, {comp.num_sms}/{mem.num_sms} SMs, nano={args.nano}: ms per layer",
               flush=True)
         for name, (comp_fn, mem_fn) in cases.items():
