@@ -67,8 +67,8 @@ def stand_ins(stack: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
         """torch's sum over each layer's K and V caches: the attention's bytes, read by a plain streaming kernel.
         (A copy of as many bytes was tried first: between two fresh 1 GB buffers it ran at 25% of HBM's peak.)"""
         for layer, (k, v) in enumerate(stack.caches):
-            torch.sum(k.view(-1), dtype=torch.float32, out=sums[layer, 0])
-            torch.sum(v.view(-1), dtype=torch.float32, out=sums[layer, 1])
+            torch.sum(k.view(-1), 0, dtype=torch.float32, out=sums[layer, 0])
+            torch.sum(v.view(-1), 0, dtype=torch.float32, out=sums[layer, 1])
     return l2_gemms, read_kv
 
 
