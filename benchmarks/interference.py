@@ -2,11 +2,14 @@
 layer_overlap.py) and the MEMORY stream (its paged attention), each beside the other and beside a stand-in that
 keeps the other's kind but not its kernel:
 - for MEMORY, torch's sum over the same KV caches on the same SMs (what a plain streaming kernel does there);
-- for COMPUTE, as many FLOPs of GEMMs whose weight stays in L2 (tensor cores busy and drawing power, little DRAM).
+- for COMPUTE, as many FLOPs of GEMMs whose weight stays in L2 (tensor cores busy and drawing power, little DRAM);
+- and beside the GEMMs, FMAs spinning in registers on the MEMORY SMs (power drawn, no memory shared), and the
+  attention over in-order pages (DRAM locality).
 Each pair runs on disjoint SM partitions with no cross-stream waits, in one CUDA graph; GPU timestamps give when
 each stream finished, set beside its time alone. If COMPUTE slows as much beside the plain read as beside attention,
 the loss belongs to the shared memory system (L2, crossbar, HBM) or to the power cap, not to our attention kernel;
-if attention slows beside GEMMs that barely touch DRAM, HBM bandwidth is not what it lost.
+if attention slows beside GEMMs that barely touch DRAM, HBM bandwidth is not what it lost; if the GEMMs slow
+beside the spinning SMs, the power cap (the clock) takes it.
 
     python benchmarks/interference.py --ctx 512 --split 96
 """
@@ -18,10 +21,23 @@ import itertools
 from collections.abc import Callable
 
 import torch
-from gpu_timing import capture, environment, stamp, write_json
-from layer_overlap import Stack, bounds, dram_text, light_ops, stream_ms, timed
+import triton
+import triton.language as tl
+from gpu_timing import capture, environment, stamp, time_graph, write_json
+from layer_overlap import D, Stack, bounds, dram_text, light_ops, stream_ms, timed
 from nanoflow_compiler.runtime import partitions
-from nanoflow_compiler.runtime.kernels import gemm
+from nanoflow_compiler.runtime.kernels import dispatch, gemm
+
+
+@triton.jit
+def _spin_kernel(out_ptr, iters, BLOCK: tl.constexpr):
+    """FMAs in registers, no memory traffic but the final store: SMs busy and drawing power, nothing else shared."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.arange(0, BLOCK).to(tl.float32) * 1e-3
+    for _ in range(iters):
+        x = x * 0.999 + 1e-3
+    tl.store(out_ptr + offs, x)
+
 
 L2_GEMM = (512, 2048, 4096)  # M, N, K: a 16 MiB weight, which stays in L2 (a 32 MiB one did not: 29% DRAM)
 
@@ -72,6 +88,33 @@ def stand_ins(stack: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
     return l2_gemms, read_kv
 
 
+def attention_in_order(stack: Stack, nano: int) -> Callable[[], None]:
+    """The MEMORY stream's attention over a block table that keeps each request's blocks in order (as before any
+    churn), outputs dropped: whether the scattered pages, rather than the bytes, make attention a hard neighbour."""
+    tables = torch.arange(stack.tables.numel(), device="cuda", dtype=torch.int32).view_as(stack.tables)
+
+    def attend():
+        for layer, (s, e) in itertools.product(range(stack.layers), bounds(nano)):
+            dispatch.paged_attention(stack.q[layer, s], *stack.caches[layer], tables, stack.req[s:e], stack.pos[s:e],
+                                     D ** -0.5)
+    return attend
+
+
+def spinner(num_sms: int, ms: float) -> Callable[[], None]:
+    """FMA spinning on `num_sms` SMs (16 programs each) for about `ms` milliseconds (calibrated on the partition)."""
+    block, programs = 512, 16 * num_sms
+    out = torch.empty(programs * block, device="cuda", dtype=torch.float32)
+    probe = 20_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    _spin_kernel[(programs,)](out, probe, BLOCK=block, num_warps=4)  # compile
+    start.record()
+    _spin_kernel[(programs,)](out, probe, BLOCK=block, num_warps=4)
+    end.record()
+    end.synchronize()
+    iters = max(1, round(probe * ms / start.elapsed_time(end)))
+    return lambda: _spin_kernel[(programs,)](out, iters, BLOCK=block, num_warps=4)
+
+
 def pair(comp, mem, comp_fn, mem_fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """A graph running `comp_fn` on the COMPUTE partition and `mem_fn` on the MEMORY one (either may be None), with
     timestamps: start, COMPUTE done, MEMORY done."""
@@ -108,10 +151,15 @@ def main() -> None:
         stack = Stack(ctx, args.layers, light_ops(True))
         gemms, attention = layer_ops(stack, args.nano)
         l2_gemms, read_kv = stand_ins(stack)
+        gemms_ms = time_graph(pair(comp, mem, gemms, None)[0])
+        with torch.cuda.stream(mem.stream):  # calibrated where it runs: as long as the GEMMs alone, and a fifth
+            spin = spinner(mem.num_sms, 1.2 * gemms_ms)
+        in_order = attention_in_order(stack, args.nano)
         cases = {"gemms": (gemms, None), "attention": (None, attention), "l2_gemms": (l2_gemms, None),
-                 "read_kv": (None, read_kv), "gemms+attention": (gemms, attention),
-                 "gemms+read_kv": (gemms, read_kv), "l2_gemms+attention": (l2_gemms, attention),
-                 "l2_gemms+read_kv": (l2_gemms, read_kv)}
+                 "read_kv": (None, read_kv), "spin": (None, spin), "attention_in_order": (None, in_order),
+                 "gemms+attention": (gemms, attention), "gemms+read_kv": (gemms, read_kv),
+                 "gemms+spin": (gemms, spin), "gemms+attention_in_order": (gemms, in_order),
+                 "l2_gemms+attention": (l2_gemms, attention), "l2_gemms+read_kv": (l2_gemms, read_kv)}
         print(f"ctx {ctx}, {args.layers} layers, {comp.num_sms}/{mem.num_sms} SMs, nano={args.nano}: ms per layer",
               flush=True)
         for name, (comp_fn, mem_fn) in cases.items():

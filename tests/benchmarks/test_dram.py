@@ -27,7 +27,7 @@ class FakeGPM:
 
     def nvmlDeviceGetClockInfo(self, handle, clock):
         assert clock == self.NVML_CLOCK_SM
-        return 1755 if len(self.samples_taken) % 2 else 1980
+        return 1755 if len(self.samples_taken) == 1 else 1980  # the clock while the work runs
 
     def nvmlDeviceGetPowerUsage(self, handle):
         return 650_000  # milliwatts
