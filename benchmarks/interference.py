@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 from collections.abc import Callable
 
 import torch
@@ -26,7 +27,7 @@ import triton.language as tl
 from gpu_timing import capture, environment, stamp, time_graph, write_json
 from layer_overlap import D, Stack, bounds, dram_text, light_ops, stream_ms, timed
 from nanoflow_compiler.runtime import partitions
-from nanoflow_compiler.runtime.kernels import dispatch, gemm
+from nanoflow_compiler.runtime.kernels import attention_kernel, dispatch, gemm
 
 
 @triton.jit
@@ -88,16 +89,28 @@ def stand_ins(stack: Stack) -> tuple[Callable[[], None], Callable[[], None]]:
     return l2_gemms, read_kv
 
 
-def attention_in_order(stack: Stack, nano: int) -> Callable[[], None]:
-    """The MEMORY stream's attention over a block table that keeps each request's blocks in order (as before any
-    churn), outputs dropped: whether the scattered pages, rather than the bytes, make attention a hard neighbour."""
-    tables = torch.arange(stack.tables.numel(), device="cuda", dtype=torch.int32).view_as(stack.tables)
+def attention_variant(stack: Stack, nano: int, in_order: bool = False,
+                      config: attention_kernel.AttnConfig | None = None) -> Callable[[], None]:
+    """The MEMORY stream's decode attention, outputs dropped, over a block table that keeps each request's blocks
+    in order (as before any churn: DRAM locality) or with another tile config (how deep each program's loads run
+    ahead: bytes in flight, which lengthen every co-runner's queue)."""
+    tables = (torch.arange(stack.tables.numel(), device="cuda", dtype=torch.int32).view_as(stack.tables)
+              if in_order else stack.tables)
 
     def attend():
         for layer, (s, e) in itertools.product(range(stack.layers), bounds(nano)):
-            dispatch.paged_attention(stack.q[layer, s], *stack.caches[layer], tables, stack.req[s:e], stack.pos[s:e],
-                                     D ** -0.5)
+            dispatch.decode_attention(stack.q[layer, s], *stack.caches[layer], tables, stack.req[s:e],
+                                      stack.pos[s:e], D ** -0.5, config=config)
     return attend
+
+
+def parse_config(text: str) -> attention_kernel.AttnConfig:
+    """'n16w1s2' -> 16-token tiles, 1 warp, 2 stages (16 rows)."""
+    m = re.fullmatch(r"n(\d+)w(\d+)s(\d+)", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"attention config {text!r}: expected n<tile tokens>w<warps>s<stages>")
+    n, w, st = map(int, m.groups())
+    return attention_kernel.AttnConfig(block_m=16, block_n=n, num_warps=w, stages=st)
 
 
 def spinner(num_sms: int, ms: float) -> Callable[[], None]:
@@ -141,6 +154,8 @@ def main() -> None:
     ap.add_argument("--nano", type=int, default=2)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dram-seconds", type=float, default=0.3)
+    ap.add_argument("--attn-configs", nargs="*", default=[], metavar="nNwWsS",
+                    help="decode attention tile configs to try beside the GEMMs, e.g. n16w1s2 n16w1s4 n64w4s3")
     ap.add_argument("--name", default="interference")
     args = ap.parse_args()
     total = partitions.sm_layout().total_sms
@@ -154,12 +169,15 @@ def main() -> None:
         gemms_ms = time_graph(pair(comp, mem, gemms, None)[0])
         with torch.cuda.stream(mem.stream):  # calibrated where it runs: as long as the GEMMs alone, and a fifth
             spin = spinner(mem.num_sms, 1.2 * gemms_ms)
-        in_order = attention_in_order(stack, args.nano)
+        in_order = attention_variant(stack, args.nano, in_order=True)
         cases = {"gemms": (gemms, None), "attention": (None, attention), "l2_gemms": (l2_gemms, None),
                  "read_kv": (None, read_kv), "spin": (None, spin), "attention_in_order": (None, in_order),
                  "gemms+attention": (gemms, attention), "gemms+read_kv": (gemms, read_kv),
                  "gemms+spin": (gemms, spin), "gemms+attention_in_order": (gemms, in_order),
                  "l2_gemms+attention": (l2_gemms, attention), "l2_gemms+read_kv": (l2_gemms, read_kv)}
+        for text in args.attn_configs:
+            variant = attention_variant(stack, args.nano, config=parse_config(text))
+            cases |= {f"attention[{text}]": (None, variant), f"gemms+attention[{text}]": (gemms, variant)}
         print(f"ctx {ctx}, {args.layers} layers, {comp.num_sms}/{mem.num_sms} SMs, nano={args.nano}: ms per layer",
               flush=True)
         for name, (comp_fn, mem_fn) in cases.items():
@@ -167,7 +185,7 @@ def main() -> None:
             ms, dram = timed(graph, args.layers, args.dram_seconds)
             done = stream_ms(graph, stamps, args.layers)
             rows.append({"ctx": ctx, "case": name, "ms_per_layer": ms, **done, "dram": dram})
-            print(f"  {name:20s} {ms:.3f}  COMPUTE done {done['compute_done_ms_per_layer']:.3f}  MEMORY done "
+            print(f"  {name:26s} {ms:.3f}  COMPUTE done {done['compute_done_ms_per_layer']:.3f}  MEMORY done "
                   f"{done['memory_done_ms_per_layer']:.3f}  ({dram_text(dram)})", flush=True)
         del stack
         torch.cuda.empty_cache()
