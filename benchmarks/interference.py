@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import re
 from collections.abc import Callable
 
 import torch
@@ -104,15 +103,6 @@ def attention_variant(stack: Stack, nano: int, in_order: bool = False,
     return attend
 
 
-def parse_config(text: str) -> attention_kernel.AttnConfig:
-    """'n16w1s2' -> 16-token tiles, 1 warp, 2 stages (16 rows)."""
-    m = re.fullmatch(r"n(\d+)w(\d+)s(\d+)", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"attention config {text!r}: expected n<tile tokens>w<warps>s<stages>")
-    n, w, st = map(int, m.groups())
-    return attention_kernel.AttnConfig(block_m=16, block_n=n, num_warps=w, stages=st)
-
-
 def spinner(num_sms: int, ms: float) -> Callable[[], None]:
     """FMA spinning on `num_sms` SMs (16 programs each) for about `ms` milliseconds (calibrated on the partition)."""
     block, programs = 512, 16 * num_sms
@@ -155,6 +145,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dram-seconds", type=float, default=0.3)
     ap.add_argument("--attn-configs", nargs="*", default=[], metavar="nNwWsS",
+                    type=attention_kernel.AttnConfig.from_name,
                     help="decode attention tile configs to try beside the GEMMs, e.g. n16w1s2 n16w1s4 n64w4s3")
     ap.add_argument("--name", default="interference")
     args = ap.parse_args()
@@ -175,9 +166,9 @@ def main() -> None:
                  "gemms+attention": (gemms, attention), "gemms+read_kv": (gemms, read_kv),
                  "gemms+spin": (gemms, spin), "gemms+attention_in_order": (gemms, in_order),
                  "l2_gemms+attention": (l2_gemms, attention), "l2_gemms+read_kv": (l2_gemms, read_kv)}
-        for text in args.attn_configs:
-            variant = attention_variant(stack, args.nano, config=parse_config(text))
-            cases |= {f"attention[{text}]": (None, variant), f"gemms+attention[{text}]": (gemms, variant)}
+        for cfg in args.attn_configs:
+            variant = attention_variant(stack, args.nano, config=cfg)
+            cases |= {f"attention[{cfg.name}]": (None, variant), f"gemms+attention[{cfg.name}]": (gemms, variant)}
         print(f"ctx {ctx}, {args.layers} layers, {comp.num_sms}/{mem.num_sms} SMs, nano={args.nano}: ms per layer",
               flush=True)
         for name, (comp_fn, mem_fn) in cases.items():

@@ -31,6 +31,7 @@ from gpu_timing import capture, environment, stamp, time_graph, write_json
 from nanoflow_compiler.bench.dram import dram_utilisation
 from nanoflow_compiler.runtime import partitions
 from nanoflow_compiler.runtime.kernels import dispatch, gemm
+from nanoflow_compiler.runtime.kernels.attention_kernel import AttnConfig
 
 H, HQ, HKV, D, FF, EPS = 4096, 32, 8, 128, 14336, 1e-5
 T, N_DECODE, CHUNK = 1024, 1008, 16
@@ -41,6 +42,7 @@ class Stack:
     on one nano-batch's token range [s, e). Activations are kept per (layer, nano-batch start)."""
 
     def __init__(self, ctx: int, layers: int, light: SimpleNamespace, seed: int = 0):
+        self.attn_config: AttnConfig | None = None  # the decode launch's tiles; None: the budget's default
         g = torch.Generator(device="cuda").manual_seed(seed)
         self.light = light
         bf = dict(device="cuda", dtype=torch.bfloat16)
@@ -78,7 +80,8 @@ class Stack:
 
     def attn(self, layer, s, e):
         self.attn_out[layer, s] = dispatch.paged_attention(self.q[layer, s], *self.caches[layer], self.tables,
-                                                           self.req[s:e], self.pos[s:e], D ** -0.5)
+                                                           self.req[s:e], self.pos[s:e], D ** -0.5,
+                                                           decode_config=self.attn_config)
 
     def post(self, layer, s, e, use_cublas=False):
         x = self.x[s:e] if layer == 0 else self.out[layer - 1, s]
@@ -235,6 +238,8 @@ def main() -> None:
                     help="COMPUTE SMs; MEMORY = the rest")
     ap.add_argument("--nano", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--attn-configs", nargs="+", default=[None], metavar="nNwWsS",
+                    type=AttnConfig.from_name, help="MEMORY stream's decode tiles to try (default: the budget's)")
     ap.add_argument("--fuse-light", action="store_true", help="torch.compile the LIGHT ops (one kernel each)")
     ap.add_argument("--dram-seconds", type=float, default=0.3, help="replay time under the DRAM meter (0: off)")
     ap.add_argument("--name", default="layer_overlap")
@@ -253,10 +258,13 @@ def main() -> None:
         runs.append({"ctx": ctx, "layers": layers, "kv_bytes_per_layer": stack.kv_bytes,
                      "gemm_flops_per_layer": stack.flops, **{f"seq_{k}_ms_per_layer": v for k, v in seq.items()},
                      **{f"seq_{k}_dram": v for k, v in seq_dram.items()}})
-        for comp_sms, nano in itertools.product(args.splits, args.nano):
+        for comp_sms, nano, attn_config in itertools.product(args.splits, args.nano, args.attn_configs):
             comp, mem = split_parts[comp_sms]["COMPUTE"], split_parts[comp_sms]["MEMORY"]
+            stack.attn_config = attn_config
             err = check_equal(stack, comp, mem, nano)
+            stack.attn_config = None  # the one-stream baseline runs on the whole device, with its default
             same_ops, _ = timed(capture(sequential(stack, False, nano)), layers, 0)
+            stack.attn_config = attn_config
             t, dram, done = {}, {}, {}
             for w in ("compute", "memory", "free", "both"):
                 stamps = torch.zeros(3, dtype=torch.int64, device="cuda") if w in ("free", "both") else None
@@ -265,7 +273,8 @@ def main() -> None:
                 if stamps is not None:
                     done[w] = stream_ms(graph, stamps, layers)
             row = {"ctx": ctx, "layers": layers, "compute_sms": comp_sms, "memory_sms": mem.num_sms,
-                   "nano_batches": nano, "disjoint": comp.disjoint, "seq_best_ms_per_layer": best_seq,
+                   "nano_batches": nano, "attn_config": attn_config.name if attn_config else "default",
+                   "disjoint": comp.disjoint, "seq_best_ms_per_layer": best_seq,
                    "compute_alone_ms_per_layer": t["compute"], "memory_alone_ms_per_layer": t["memory"],
                    "free_ms_per_layer": t["free"], "overlapped_ms_per_layer": t["both"],
                    "speedup_vs_best_sequential": best_seq / t["both"], "seq_same_ops_ms_per_layer": same_ops,
@@ -274,7 +283,8 @@ def main() -> None:
                    "rel_err_vs_sequential": err, **{f"{w}_dram": v for w, v in dram.items()},
                    **{f"{w}_streams": v for w, v in done.items()}}
             runs.append(row)
-            print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano}: per layer compute alone {t['compute']:.3f} "
+            print(f"  {comp_sms:3d}/{mem.num_sms:3d} nano={nano} attention {row['attn_config']}: per layer "
+                  f"compute alone {t['compute']:.3f} "
                   f"({dram_text(dram['compute'])})  memory alone {t['memory']:.3f} ({dram_text(dram['memory'])})  "
                   f"without waits {t['free']:.3f} ({dram_text(dram['free'])})  "
                   f"together {t['both']:.3f} ms ({dram_text(dram['both'])}) -> "

@@ -14,6 +14,7 @@ Long contexts with few programs split the KV range (flash-decoding); partial res
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,19 @@ class AttnConfig:
     stages: int = 3
     programs_per_sm: int = 4  # split the KV range until about this many programs per SM of the budget exist
     min_split_tokens: int = 256  # never split a context into pieces shorter than this
+
+    @property
+    def name(self) -> str:
+        return f"n{self.block_n}w{self.num_warps}s{self.stages}"
+
+    @classmethod
+    def from_name(cls, name: str) -> AttnConfig:
+        """'n16w1s2' -> 16-token tiles, 1 warp, 2 stages, 16 rows: a decode config as benchmarks name it."""
+        m = re.fullmatch(r"n(\d+)w(\d+)s(\d+)", name)
+        if not m:
+            raise ValueError(f"attention config {name!r}: expected n<tile tokens>w<warps>s<stages>, e.g. n16w1s3")
+        block_n, warps, stages = map(int, m.groups())
+        return cls(block_n=block_n, num_warps=warps, stages=stages)
 
 
 # Decode on a large budget: 64-token tiles, 4 warps, 3 stages (~70 KB of shared memory); 0.99 of copy bandwidth on

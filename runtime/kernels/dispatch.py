@@ -32,15 +32,18 @@ def kv_append(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_c
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     token_req: torch.Tensor, positions: torch.Tensor, scale: float,
-                    num_sms: int | None = None, batch_invariant: bool = False) -> torch.Tensor:
+                    num_sms: int | None = None, batch_invariant: bool = False,
+                    decode_config: attention_kernel.AttnConfig | None = None) -> torch.Tensor:
     """Each token attends to its request's cache positions 0..positions[t]; padding tokens (token_req -1) get 0.
-    `batch_invariant`: one KV split per token, so its result depends on neither the SM budget nor the batch."""
+    `batch_invariant`: one KV split per token, so its result depends on neither the SM budget nor the batch.
+    `decode_config`: the decode launch's tiles (None: the budget's default, `attention_kernel.decode_config`)."""
     _check_attention(query, k_cache, v_cache, block_tables, token_req, positions)
     out = torch.empty_like(query, memory_format=torch.contiguous_format)
     budget = num_sms or sm_budget()
     for prefill in (False, True):
         attention_kernel.launch(query, k_cache, v_cache, block_tables, token_req, positions, scale, out,
-                                prefill=prefill, num_sms=budget, batch_invariant=batch_invariant)
+                                prefill=prefill, num_sms=budget, config=None if prefill else decode_config,
+                                batch_invariant=batch_invariant)
     return out
 
 
