@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import triton
-import triton.language as tl
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,20 +69,10 @@ def time_fn(fn: Callable[[], None], stream: torch.cuda.Stream | None = None, per
     return time_graph(capture(body, stream), replays, reps) / per_graph
 
 
-@triton.jit
-def _stamp_kernel(out_ptr, i):
-    t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [i], dtype=tl.int64, is_pure=False, pack=1)
-    tl.store(out_ptr + i, t)
-
-
-def stamp(buf: torch.Tensor, i: int) -> None:
-    """Write the GPU's global nanosecond timer into buf[i] (int64) when the current stream reaches this point: a
-    timestamp that CUDA graphs can capture on any stream, unlike timing events."""
-    _stamp_kernel[(1,)](buf, i, num_warps=1)
-
-
 def environment() -> dict:
     """Device, versions, commit and command line, recorded with every result."""
+    import triton  # not at the top: CPU benchmarks import this module too
+
     from nanoflow_compiler.bench.report import git_info
 
     props = torch.cuda.get_device_properties(0)

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
-from gpu_timing import capture, environment, stamp, time_graph, write_json
+from gpu_stamp import stamp
+from gpu_timing import capture, environment, time_graph, write_json
 from layer_overlap import D, Stack, bounds, dram_text, light_ops, stream_ms, timed
 from nanoflow_compiler.runtime import partitions
 from nanoflow_compiler.runtime.kernels import attention_kernel, dispatch, gemm

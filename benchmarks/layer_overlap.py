@@ -26,7 +26,8 @@ from types import SimpleNamespace
 
 import torch
 from decode_batch import PAGE, mostly_decode_batch
-from gpu_timing import capture, environment, stamp, time_graph, write_json
+from gpu_stamp import stamp
+from gpu_timing import capture, environment, time_graph, write_json
 
 from nanoflow_compiler.bench.dram import dram_utilisation
 from nanoflow_compiler.runtime import partitions
