@@ -16,7 +16,7 @@ from .cost_model import AnalyticalCostModel, TableCostModel, peaks_for
 from .errors import MissingProfileError, ProfileMismatchError, ProfileSchemaError, SearchWarning
 from .layer_graph import decoder_layer_graph, model_key, shapes_from_parameters
 from .profile_db import DeviceKey, ProfileDB, default_db_path
-from .search import Plan, load_plan, search_bucket
+from .search import Plan, load_plan, plan_buckets, search_bucket
 
 DEFAULT_SMS = 132  # an H100's, for planning on machines without a GPU
 _ANALYTICAL: dict[tuple, Plan] = {}  # searching costs ~1 s; one layer shape at one bucket gives one plan
@@ -118,6 +118,18 @@ def merge_plan_options(plans: dict[int, Plan]) -> tuple[dict, list[str]]:
     return options, notes
 
 
+def _lead_bucket(db: str | ProfileDB | None, model: str, buckets: list[int]) -> int:
+    """The bucket whose plan may decide the rest: the largest, or the nearest above it with a stored plan. One stream
+    measured fastest at a larger bucket holds for smaller ones: their batches give less to overlap and the weights
+    re-read per nano-batch weigh more (the H100 measured one stream fastest at every bucket from 16 to 1024,
+    benchmarks/results/h100/session6/), so an engine whose largest bucket is 512 needs no search of its own after
+    `nanoflow search` stored its default buckets, 1024 and 2048."""
+    largest = max(buckets)
+    if not isinstance(db, ProfileDB):
+        return largest
+    return min((b for b in plan_buckets(db, model) if b >= largest), default=largest)
+
+
 def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], profile_db: str | None = None,
                  dtype_bytes: int = 2, context_len: int = 1024) -> tuple[dict | None, list[str], str]:
     """The compiler's plan='auto' hook: (compile options, notes, plan source) from the graph's parameter shapes.
@@ -141,12 +153,14 @@ def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], p
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return plan, [str(w.message) for w in caught if issubclass(w.category, SearchWarning)]
 
-    lead, notes = planned(max(buckets))
+    lead, notes = planned(_lead_bucket(profile_db, layer.graph.get("model_key") or model_key(config), buckets))
     if lead.sequential and lead.cost_source == "profile":
         # The largest bucket's measured plan decides the overlap flag (`merge_plan_options`) and runs every bucket on
         # one stream: the other buckets' plans would decide nothing, so they are not made (nor their fallbacks to the
         # analytical model reported).
         return {**lead.to_options(), "token_buckets": sorted(set(buckets))}, notes, "profile"
+    if lead.bucket not in buckets:  # a larger bucket's overlapped plan says nothing of this engine's buckets
+        lead, notes = planned(max(buckets))
     plans = {lead.bucket: lead}
     for b in sorted(set(buckets) - {lead.bucket}):
         plans[b], more = planned(b)

@@ -159,11 +159,16 @@ def search(layer: nx.DiGraph, buckets: list[int], cost: CostModel, *, model: str
     return plans
 
 
+def plan_buckets(db: ProfileDB, model: str) -> list[int]:
+    """The token buckets the database holds a searched plan for, for this model."""
+    return sorted(int(k.rsplit("@", 1)[1]) for k in db.plans if k.rsplit("@", 1)[0] == model)
+
+
 def load_plan(db: ProfileDB, model: str, bucket: int) -> Plan:
     """The stored plan for model and bucket; the error names the buckets that do have one."""
     key = plan_key(model, bucket)
     if key not in db.plans:
-        have = sorted(int(k.rsplit("@", 1)[1]) for k in db.plans if k.rsplit("@", 1)[0] == model)
+        have = plan_buckets(db, model)
         raise MissingProfileError(f"no searched plan for model {model!r} at bucket {bucket} on {db.device.name}; "
                                   f"buckets with a plan: {have or 'none'}; run `nanoflow search --buckets {bucket}`")
     return Plan.from_json(db.plans[key])

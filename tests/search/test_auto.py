@@ -98,6 +98,34 @@ def test_a_measured_sequential_plan_of_the_largest_bucket_decides_every_bucket(t
     assert options["overlap"] is False and options["token_buckets"] == [256, 512, 1024]
 
 
+@pytest.mark.parametrize("stored_sequential", [True, False])
+def test_a_measured_one_stream_plan_above_the_engines_buckets_decides_them(tiny_config, make_db, make_chain, tmp_path,
+                                                                           stored_sequential):
+    """`nanoflow search` stores 1024 by default; an engine whose largest bucket is 512 takes that plan when it is one
+    stream (no warnings for its unprofiled buckets, as the H100 showed: session 6). An overlapped plan at 1024 says
+    nothing of 512: the engine's own buckets are planned, with the analytical model's warning."""
+    from nanoflow_compiler.models import LlamaForCausalLM
+    from nanoflow_compiler.search.auto import auto_options
+
+    config = tiny_config()
+    db = make_db(0)
+    stored = search_bucket(make_chain(["gemm", "attn"]), 1024, TableCostModel(db), model=model_key(config),
+                           granularity=64, confirm=lambda p: (0 if p.sequential else 1) if stored_sequential else
+                           (1 if p.sequential else 0))
+    assert stored.sequential == stored_sequential and stored.cost_source == "profile"
+    db.plans[plan_key(model_key(config), 1024)] = stored.to_json()
+    db.save(tmp_path / "db.json")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        options, notes, source = auto_options(_named_shapes(LlamaForCausalLM(config)), [128, 512],
+                                              profile_db=str(tmp_path / "db.json"))
+    assert options["token_buckets"] == [128, 512]
+    if stored_sequential:
+        assert notes == [] and source == "profile" and options["overlap"] is False
+    else:
+        assert any("using the analytical cost model" in n for n in notes) and source == "analytical"
+
+
 def test_auto_options_declines_graphs_of_another_form():
     from nanoflow_compiler.search.auto import auto_options
 
