@@ -91,8 +91,7 @@ def stored_plans_db(config) -> str | None:
     except (ProfileMismatchError, ProfileSchemaError, SearchWarning) as e:
         warnings.warn(f"not planning from {path}: {e}", SearchWarning, stacklevel=2)
         return None
-    model = model_key(config)
-    return str(path) if any(k.rsplit("@", 1)[0] == model for k in db.plans) else None
+    return str(path) if plan_buckets(db, model_key(config)) else None
 
 
 def merge_plan_options(plans: dict[int, Plan]) -> tuple[dict, list[str]]:
