@@ -154,9 +154,9 @@ def auto_options(named_shapes: dict[str, tuple[int, ...]], buckets: list[int], p
 
     lead, notes = planned(_lead_bucket(profile_db, layer.graph.get("model_key") or model_key(config), buckets))
     if lead.sequential and lead.cost_source == "profile":
-        # The largest bucket's measured plan decides the overlap flag (`merge_plan_options`) and runs every bucket on
-        # one stream: the other buckets' plans would decide nothing, so they are not made (nor their fallbacks to the
-        # analytical model reported).
+        # The lead bucket's measured plan (`_lead_bucket`) decides the overlap flag (`merge_plan_options`) and runs
+        # every bucket on one stream: the other buckets' plans would decide nothing, so they are not made (nor their
+        # fallbacks to the analytical model reported).
         return {**lead.to_options(), "token_buckets": sorted(set(buckets))}, notes, "profile"
     if lead.bucket not in buckets:  # a larger bucket's overlapped plan says nothing of this engine's buckets
         lead, notes = planned(max(buckets))
